@@ -12,9 +12,11 @@ with a network) or by local folder (always, offline). Tests build tiny models wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,21 @@ def quiet_image_processor_warning() -> None:
     import logging
 
     logging.getLogger("transformers.image_processing_utils").setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load reports (a CLIP folder holds both towers; each loader skips the other)."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
 
 
 def _check_local_folder(path: Path) -> None:
@@ -121,8 +138,9 @@ def load_clip(
     if dtype is not None:
         kwargs["dtype"] = dtype
     try:
-        text = CLIPTextModelWithProjection.from_pretrained(source, **kwargs)
-        vision = CLIPVisionModelWithProjection.from_pretrained(source, **kwargs)
+        with quiet_transformers():
+            text = CLIPTextModelWithProjection.from_pretrained(source, **kwargs)
+            vision = CLIPVisionModelWithProjection.from_pretrained(source, **kwargs)
         tokenizer = CLIPTokenizer.from_pretrained(source, local_files_only=local_files_only)
         image_processor = CLIPImageProcessor.from_pretrained(source, local_files_only=local_files_only)
     except (OSError, ValueError, KeyError) as err:

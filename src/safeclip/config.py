@@ -1,0 +1,233 @@
+"""Typed configuration: dataclasses with defaults and help, loaded from YAML with dotted overrides.
+
+One dataclass tree drives Python, YAML files under ``configs/`` and the command line:
+
+    cfg = load_config("configs/vit-l-14_safe-clip.yaml", ["optim.lr=5e-4", "data.batch_size=64"])
+
+Every field carries ``metadata["help"]``; ``safeclip train --help`` prints them all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be used as written."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("openai/clip-vit-large-patch14", "CLIP checkpoint: hub id or local folder (HF CLIP layout).")
+    dtype: str = _f("float32", "Weights dtype of the loaded encoders: float32, bfloat16 or float16.")
+
+
+@dataclass
+class LoraSettings:
+    r: int = _f(16, "LoRA rank on both encoders (paper: 16).")
+    alpha: float = _f(16.0, "LoRA alpha; the update is scaled by alpha / r (authors' script: 1).")
+    dropout: float = _f(0.1, "Dropout on the LoRA branch (authors: 0.1).")
+    target_modules: list = _f(
+        ["k_proj", "v_proj", "out_proj", "fc1", "fc2", "patch_embedding"],
+        "Module names that get LoRA adapters, in both encoders (authors' list).",
+    )
+    train_text: bool = _f(True, "Fine-tune the text encoder.")
+    train_vision: bool = _f(True, "Fine-tune the vision encoder.")
+
+
+@dataclass
+class DataConfig:
+    train: str = _f("", "Training quadruplets: ViSU JSON, ViSU-Text JSON/JSONL/CSV or a quadruplet JSONL/CSV.")
+    val: str = _f("", "Validation quadruplets (same formats); empty disables validation.")
+    format: str = _f("auto", "Input format: auto, visu, visu-text, table (JSONL/CSV with quadruplet columns).")
+    image_root: str = _f("", "Folder that relative image paths start from (default: the data file's folder; ViSU: the COCO root).")
+    unsafe_image_root: str = _f("", "Folder for ViSU's nsfw_im_path entries (default: image_root).")
+    batch_size: int = _f(128, "Quadruplets per optimizer step, summed over processes (paper: 128).")
+    num_workers: int = _f(0, "DataLoader worker processes.")
+    text_padding: str = _f("longest", "Pad text to the longest caption in the batch ('longest') or to the model maximum ('max_length', the authors' 77).")
+    skip_bad_rows: bool = _f(False, "Skip rows with missing/corrupt images or fields, count them and report the count, instead of failing.")
+    max_rows: int = _f(0, "Use only the first N rows of each split (0: all).")
+
+
+@dataclass
+class LossConfig:
+    temperature: float = _f(0.01, "Contrastive temperature tau (authors: logit scale 100 = 1/0.01).")
+    redirection_contrastive: float = _f(0.375, "Weight of Eq. 4 (authors' lambdas 0.25 text / 0.5 vision, averaged).")
+    redirection_cosine: float = _f(0.15, "Weight of Eq. 5 (authors' 0.1 text / 0.2 vision, averaged).")
+    preservation_cosine: float = _f(0.1, "Weight of Eq. 6 (authors' 0.1 text / 0.1 vision).")
+    preservation_contrastive: float = _f(0.25, "Weight of Eq. 7 (authors' 0.25 text / 0.25 vision).")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(1e-3, "Adam learning rate (paper: 1e-3).")
+    weight_decay: float = _f(0.0, "Adam weight decay.")
+    epochs: int = _f(50, "Maximum epochs (authors: 50).")
+    grad_accum: int = _f(1, "Micro-batches per optimizer step (batch_size is split into this many).")
+    max_grad_norm: float = _f(0.0, "Clip gradients to this norm (0: no clipping).")
+    patience: int = _f(5, "Stop after this many epochs without a better validation recall sum (authors: 5; 0: never).")
+    max_steps: int = _f(0, "Stop after this many optimizer steps in total (0: no limit).")
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = _f("runs/safeclip", "Run folder: config, logs, checkpoints, best model.")
+    seed: int = _f(0, "Seed for Python, NumPy and torch (data order, LoRA init, dropout).")
+    mixed_precision: str = _f("no", "Accelerate mixed precision: no, bf16 or fp16.")
+    resume: bool = _f(False, "Continue from the newest checkpoint in out_dir (optimizer, epoch, RNG, patience).")
+    log_every: int = _f(10, "Write the per-term losses to train_log.jsonl every N optimizer steps.")
+    log_with: str = _f("", "Also log to 'tensorboard' or 'wandb' (off by default).")
+    eval_batch_size: int = _f(256, "Batch size for embedding the validation set.")
+    progress: bool = _f(True, "Show progress bars.")
+    stop_after_steps: int = _f(0, "Simulate an interruption: exit after this many optimizer steps of this process (tests).")
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def validate(self) -> TrainConfig:
+        checks = [
+            (self.lora.r > 0, "lora.r must be a positive integer (paper: 16)"),
+            (self.lora.train_text or self.lora.train_vision, "at least one of lora.train_text / lora.train_vision must be true"),
+            (0.0 <= self.lora.dropout < 1.0, "lora.dropout must lie in [0, 1)"),
+            (self.data.batch_size >= 2, "data.batch_size must be at least 2 (contrastive losses need negatives)"),
+            (self.optim.grad_accum >= 1 and self.data.batch_size % self.optim.grad_accum == 0,
+             "data.batch_size must be a multiple of optim.grad_accum (>= 1)"),
+            (self.loss.temperature > 0, "loss.temperature must be > 0 (paper: 0.01)"),
+            (self.optim.lr > 0, "optim.lr must be > 0 (paper: 1e-3)"),
+            (self.optim.epochs >= 1, "optim.epochs must be >= 1"),
+            (self.data.text_padding in {"longest", "max_length"}, "data.text_padding must be 'longest' or 'max_length'"),
+            (self.data.format in {"auto", "visu", "visu-text", "table"}, "data.format must be auto, visu, visu-text or table"),
+            (self.run.mixed_precision in {"no", "bf16", "fp16"}, "run.mixed_precision must be no, bf16 or fp16"),
+            (self.model.dtype in {"float32", "bfloat16", "float16"}, "model.dtype must be float32, bfloat16 or float16"),
+            (all(w >= 0 for w in (self.loss.redirection_contrastive, self.loss.redirection_cosine,
+                                  self.loss.preservation_cosine, self.loss.preservation_contrastive)),
+             "loss weights must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if not self.data.train:
+            raise ConfigError("data.train is empty: give the training file, e.g. data.train=path/to/train.jsonl")
+        return self
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if annotation in (Any, None):
+        return value
+    if isinstance(annotation, str):
+        annotation = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}.get(annotation, Any)
+        return _coerce(value, annotation, key)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in {"true", "1", "yes", "on", "false", "0", "no", "off"}:
+            return value.lower() in {"true", "1", "yes", "on"}
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+    if annotation in (int, float):
+        try:
+            number = annotation(value) if not isinstance(value, str) else annotation(float(value) if annotation is float else value)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{key} must be a {annotation.__name__}, got {value!r}") from err
+        return number
+    if annotation is str:
+        return "" if value is None else str(value)
+    if annotation is list or origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        return value
+    return value
+
+
+def _apply(cfg: Any, data: dict, prefix: str = "") -> None:
+    fields = {f.name: f for f in dataclasses.fields(cfg)}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"unknown config key '{dotted}'. Known keys here: {', '.join(sorted(fields))}")
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"'{dotted}' is a section; give a mapping of its keys")
+            _apply(current, value, dotted + ".")
+        else:
+            setattr(cfg, key, _coerce(value, fields[key].type, dotted))
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["optim.lr=1e-4", "lora.r=8"]`` -> nested dict; values parsed as YAML scalars."""
+    nested: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node = nested
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type = TrainConfig) -> Any:
+    """Build a config from defaults, then a YAML file, then ``key=value`` overrides."""
+    cfg = cls()
+    if path:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (shipped examples are under configs/)")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {path} is not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        _apply(cfg, data)
+    if overrides:
+        _apply(cfg, parse_overrides(overrides))
+    return cfg
+
+
+def describe_config(cls: type = TrainConfig) -> str:
+    """One line per field: ``section.key (default): help``; printed by ``--help``."""
+    lines = []
+
+    def walk(obj: Any, prefix: str) -> None:
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                lines.append(f"  {prefix}{f.name} (default {value!r}): {f.metadata.get('help', '')}")
+
+    walk(cls(), "")
+    return "\n".join(lines)

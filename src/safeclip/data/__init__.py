@@ -1,0 +1,1 @@
+"""Quadruplet datasets: ViSU JSON, ViSU-Text, quadruplet JSONL/CSV; collation for training."""
