@@ -1,0 +1,262 @@
+"""Quadruplet datasets (safe image, safe text, unsafe image, unsafe text, category).
+
+Three input formats, one record type:
+
+- ``visu``: the authors' ViSU JSON, ``{"<idx>": {"coco_id", "safe", "nsfw", "nsfw_im_path", "tag"}}``
+  (optionally wrapped as ``{"info": ..., "data": {...}}``); safe images resolved as
+  ``<image_root>/{train2017,val2017,test2017}/<coco_id:012d>.jpg``, unsafe images as
+  ``<unsafe_image_root>/<nsfw_im_path>``.
+- ``visu-text``: ViSU-Text rows (JSON list, JSONL or CSV) with ``safe``, ``nsfw``, ``tag`` and an id
+  (``coco_id`` when present gives the safe image). No unsafe images: text-only redirection.
+- ``table``: JSONL or CSV with the columns ``safe_text`` (required), ``unsafe_text``, ``safe_image``,
+  ``unsafe_image``, ``category``, ``id``; image paths relative to ``image_root`` (default: the file's folder).
+
+    records, report = read_quadruplets("world/train.jsonl")
+    print(report.summary())
+
+A missing file or corrupt image names the file and the row; a schema error names the missing
+column; ``skip_bad_rows`` skips and counts instead of failing. Nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from safeclip.data.errors import DataError
+
+MODALITIES = ("safe_text", "unsafe_text", "safe_image", "unsafe_image")
+COCO_SPLITS = ("train2017", "val2017", "test2017")
+
+
+@dataclass(frozen=True)
+class Quadruplet:
+    id: str
+    safe_text: str | None
+    unsafe_text: str | None
+    safe_image: Path | None
+    unsafe_image: Path | None
+    category: str = ""
+    row: int = 0  # 1-based position in the source file, for error messages
+
+
+@dataclass
+class ReadReport:
+    """What reading a dataset found: rows kept, rows skipped (with reasons) and modalities present."""
+
+    source: str
+    rows: int = 0
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+    modalities: tuple[str, ...] = ()
+
+    @property
+    def text_only(self) -> bool:
+        return "safe_image" not in self.modalities and "unsafe_image" not in self.modalities
+
+    def missing(self) -> list[str]:
+        return [m for m in MODALITIES if m not in self.modalities]
+
+    def summary(self) -> str:
+        parts = [f"{self.source}: {self.rows} quadruplets"]
+        if self.skipped:
+            parts.append(f"{len(self.skipped)} bad rows skipped (first: row {self.skipped[0][0]}: {self.skipped[0][1]})")
+        if self.missing():
+            parts.append("missing " + ", ".join(self.missing()) + " -> the loss terms that need them are off")
+        return "; ".join(parts)
+
+
+def detect_format(path: Path) -> str:
+    if path.suffix.lower() == ".csv":
+        header = next(csv.reader(path.open(newline="", encoding="utf-8")), [])
+        return "visu-text" if "nsfw" in header and "safe_text" not in header else "table"
+    if path.suffix.lower() == ".jsonl":
+        first = _first_jsonl_row(path)
+        return "visu-text" if "nsfw" in first and "safe_text" not in first else "table"
+    data = _load_json(path)
+    if isinstance(data, dict):
+        data = data.get("data", data)
+        sample = next(iter(data.values()), {}) if data else {}
+        return "visu" if isinstance(sample, dict) and "coco_id" in sample and "nsfw_im_path" in sample else "visu-text"
+    return "visu-text" if data and "nsfw" in data[0] and "safe_text" not in data[0] else "table"
+
+
+def _first_jsonl_row(path: Path) -> dict:
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                return json.loads(line)
+    return {}
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise DataError(f"{path} is not valid JSON ({err}); expected ViSU JSON or a JSON list of rows") from err
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """Rows of a JSONL, CSV, JSON list or JSON object-of-rows file, in order."""
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as fh:
+            return [dict(r) for r in csv.DictReader(fh)]
+    if suffix == ".jsonl":
+        rows = []
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise DataError(f"{path} line {lineno} is not valid JSON ({err})") from err
+        return rows
+    data = _load_json(path)
+    if isinstance(data, dict):
+        data = data.get("data", data)
+        return [dict(v, _key=k) for k, v in data.items()]
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a JSON list or object of rows, got {type(data).__name__}")
+    return data
+
+
+def _text(value) -> str | None:
+    if value is None:
+        return None
+    value = str(value).strip()
+    return value or None
+
+
+def _require_columns(path: Path, rows: list[dict], required: tuple[str, ...], fmt: str) -> None:
+    if not rows:
+        raise DataError(f"{path} has no rows")
+    missing = [c for c in required if c not in rows[0]]
+    if missing:
+        raise DataError(
+            f"{path}: column(s) {', '.join(missing)} missing for format '{fmt}' (found: {', '.join(sorted(rows[0]))}). "
+            "Table files need safe_text [, unsafe_text, safe_image, unsafe_image, category]; "
+            "ViSU files need coco_id, safe, nsfw, nsfw_im_path, tag."
+        )
+
+
+def _coco_image(image_root: Path, coco_id) -> Path:
+    name = f"{int(coco_id):012d}.jpg"
+    for split in COCO_SPLITS:
+        candidate = image_root / split / name
+        if candidate.exists():
+            return candidate
+    return image_root / COCO_SPLITS[0] / name  # reported as missing by validation
+
+
+def _records_from_rows(path: Path, rows: list[dict], fmt: str, image_root: Path, unsafe_root: Path) -> list[Quadruplet]:
+    records = []
+    for i, row in enumerate(rows, 1):
+        if fmt == "table":
+            safe_image = _text(row.get("safe_image"))
+            unsafe_image = _text(row.get("unsafe_image"))
+            records.append(Quadruplet(
+                id=str(row.get("id") or i), safe_text=_text(row.get("safe_text")), unsafe_text=_text(row.get("unsafe_text")),
+                safe_image=image_root / safe_image if safe_image else None,
+                unsafe_image=image_root / unsafe_image if unsafe_image else None,
+                category=str(row.get("category") or ""), row=i))
+        elif fmt == "visu":
+            unsafe_image = _text(row.get("nsfw_im_path"))
+            records.append(Quadruplet(
+                id=str(row.get("_key", i)), safe_text=_text(row.get("safe")), unsafe_text=_text(row.get("nsfw")),
+                safe_image=_coco_image(image_root, row["coco_id"]) if _text(row.get("coco_id")) else None,
+                unsafe_image=unsafe_root / unsafe_image if unsafe_image else None,
+                category=str(row.get("tag") or ""), row=i))
+        else:  # visu-text
+            coco_id = _text(row.get("coco_id"))
+            records.append(Quadruplet(
+                id=str(row.get("id") or row.get("_key") or i), safe_text=_text(row.get("safe")),
+                unsafe_text=_text(row.get("nsfw")),
+                safe_image=_coco_image(image_root, coco_id) if coco_id and image_root != path.parent else None,
+                unsafe_image=None, category=str(row.get("tag") or ""), row=i))
+    return records
+
+
+def check_image(path: Path) -> str | None:
+    """None when ``path`` is a readable image, else the reason."""
+    if not path.is_file():
+        return f"image file {path} does not exist"
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        return f"image file {path} is corrupt or not an image ({err.__class__.__name__})"
+    return None
+
+
+def _row_problem(record: Quadruplet, modalities: tuple[str, ...], verify_images: bool) -> str | None:
+    for name in modalities:
+        value = getattr(record, name)
+        if value is None:
+            return f"{name} is empty"
+        if name.endswith("image"):
+            if verify_images:
+                problem = check_image(value)
+                if problem:
+                    return problem
+            elif not value.is_file():
+                return f"image file {value} does not exist"
+    return None
+
+
+def read_quadruplets(
+    path: str | os.PathLike,
+    *,
+    fmt: str = "auto",
+    image_root: str | os.PathLike | None = None,
+    unsafe_image_root: str | os.PathLike | None = None,
+    skip_bad_rows: bool = False,
+    max_rows: int = 0,
+    verify_images: bool | None = None,
+) -> tuple[list[Quadruplet], ReadReport]:
+    """Read a quadruplet file; returns the records and a :class:`ReadReport`.
+
+    A modality (safe/unsafe text/image) is used when the first row has it; every row must then
+    have it (or ``skip_bad_rows`` skips and counts the rows that do not). Image files are checked
+    for existence; with ``skip_bad_rows`` they are also decoded-verified, so corrupt ones are
+    skipped up front (otherwise a corrupt image fails when loaded, naming the file and row).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"dataset file {path} does not exist (data.train / data.val / --data)")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt not in {"visu", "visu-text", "table"}:
+        raise DataError(f"unknown dataset format '{fmt}': use auto, visu, visu-text or table")
+    rows = _read_rows(path)
+    required = {"table": ("safe_text",), "visu": ("coco_id", "safe", "nsfw", "nsfw_im_path", "tag"),
+                "visu-text": ("safe", "nsfw")}[fmt]
+    _require_columns(path, rows, required, fmt)
+    if max_rows:
+        rows = rows[:max_rows]
+    root = Path(image_root) if image_root else path.parent
+    unsafe_root = Path(unsafe_image_root) if unsafe_image_root else root
+    records = _records_from_rows(path, rows, fmt, root, unsafe_root)
+    modalities = tuple(m for m in MODALITIES if getattr(records[0], m) is not None)
+    if "safe_text" not in modalities:
+        raise DataError(f"{path} row 1: safe_text is empty; every quadruplet needs its safe caption")
+    verify = skip_bad_rows if verify_images is None else verify_images
+    report = ReadReport(source=str(path), modalities=modalities)
+    kept = []
+    for record in records:
+        problem = _row_problem(record, modalities, verify)
+        if problem is None:
+            kept.append(record)
+        elif skip_bad_rows:
+            report.skipped.append((record.row, problem))
+        else:
+            raise DataError(f"{path} row {record.row} (id {record.id}): {problem}. "
+                            "Fix the row or pass --skip-bad-rows (data.skip_bad_rows=true) to skip and count bad rows.")
+    if not kept:
+        raise DataError(f"{path}: no usable rows left ({len(report.skipped)} skipped)")
+    report.rows = len(kept)
+    return kept, report

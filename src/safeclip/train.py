@@ -1,0 +1,408 @@
+"""The Safe-CLIP training loop (paper Sec. 3.2 and 4.1), readable top to bottom.
+
+    safeclip train --config configs/tiny.yaml data.train=world/train.jsonl data.val=world/val.jsonl
+    accelerate launch --num_processes 2 -m safeclip.cli train --config ...   # data parallel
+
+Both encoders get LoRA adapters (peft); the frozen references T0 / V0 are the same encoders with
+the adapters switched off, so they cannot move. Each optimizer step computes the four loss terms
+of Eq. 4-7 on a batch of quadruplets (v, t, v*, t*), logs each term, validates each epoch with
+the Safe-CLIP retrieval protocol, keeps the best adapters (early stopping on the recall sum), and
+writes an atomic checkpoint that ``run.resume=true`` continues from exactly.
+
+Run folder::
+
+    config.yaml  meta.json  train_log.jsonl  val_log.jsonl  summary.json
+    checkpoints/latest -> epoch-NNNN/ (lora.safetensors, optimizer.pt, rng-<rank>.pt, state.json)
+    best/ (text_adapter/, vision_adapter/, metrics.json)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from safeclip.checkpoint import write_folder_atomic, write_json_atomic, write_text_atomic
+from safeclip.config import TrainConfig, config_to_dict
+from safeclip.data import (
+    EpochShuffleSampler,
+    QuadrupletCollator,
+    QuadrupletDataset,
+    ReadReport,
+    read_quadruplets,
+)
+from safeclip.eval.embed import embed_quadruplets
+from safeclip.eval.retrieval import safe_clip_protocol
+from safeclip.losses import LOSS_TERMS, safe_clip_objective
+from safeclip.models.clip import ClipBundle, encode_pixel_batch, encode_token_batch, load_clip
+from safeclip.models.lora import add_lora, adapters_disabled, lora_config, save_adapters
+
+INTERRUPTED_EXIT_CODE = 75  # run.stop_after_steps: the process ends as if killed
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights, optimizer and RNG that a resumed run needs."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps completed
+    best_score: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    stopped_early: bool = False
+
+
+# ----------------------------------------------------------------------------- setup pieces
+
+
+def dtype_of(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def versions() -> dict[str, str]:
+    import accelerate
+    import peft
+    import transformers
+
+    return {
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "peft": peft.__version__, "accelerate": accelerate.__version__, "safeclip": __import__("safeclip").__version__,
+    }
+
+
+def prepare_encoders(bundle: ClipBundle, cfg: TrainConfig) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """LoRA on the encoders being trained; every base weight frozen (these also serve as T0 / V0)."""
+    settings = lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules)
+    text, vision = bundle.text, bundle.vision
+    text.requires_grad_(False)
+    vision.requires_grad_(False)
+    if cfg.lora.train_text:
+        text = add_lora(text, settings)
+    if cfg.lora.train_vision:
+        vision = add_lora(vision, lora_config(cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules))
+    return text, vision
+
+
+def trainable_parameters(*models: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for m in models for p in m.parameters() if p.requires_grad]
+
+
+def read_split(path: str, cfg: TrainConfig) -> tuple[list, ReadReport]:
+    return read_quadruplets(
+        path, fmt=cfg.data.format, image_root=cfg.data.image_root or None,
+        unsafe_image_root=cfg.data.unsafe_image_root or None, skip_bad_rows=cfg.data.skip_bad_rows,
+        max_rows=cfg.data.max_rows,
+    )
+
+
+def describe_mode(report: ReadReport) -> str:
+    missing = report.missing()
+    if not missing:
+        return "full quadruplets: all four loss terms on both modalities"
+    if report.text_only:
+        return "text-only mode: no images, only the text halves of Eq. 5 and Eq. 6 are trained"
+    if missing == ["unsafe_image"]:
+        return "text-only redirection mode: no unsafe images, so the vision halves of Eq. 4 and Eq. 5 are off"
+    return "partial data: missing " + ", ".join(missing) + "; the loss halves that need them are off"
+
+
+# ----------------------------------------------------------------------------- one step
+
+
+def encode_batch_texts(text_model, batch: dict) -> dict[str, torch.Tensor]:
+    """T(t) and T(t*) in one encoder pass over the concatenated batch: ``(B, D)`` each."""
+    sides = [s for s in ("safe", "unsafe") if f"{s}_input_ids" in batch]
+    ids = torch.cat([batch[f"{s}_input_ids"] for s in sides])
+    mask = torch.cat([batch[f"{s}_attention_mask"] for s in sides])
+    embeds = encode_token_batch(text_model, ids, mask).chunk(len(sides))
+    return {f"text_{s}": e for s, e in zip(sides, embeds)}
+
+
+def encode_batch_images(vision_model, batch: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """V(v) and V(v*) in one encoder pass over the concatenated batch: ``(B, D)`` each."""
+    sides = [s for s in ("safe", "unsafe") if f"{s}_pixels" in batch]
+    if not sides:
+        return {}
+    pixels = torch.cat([batch[f"{s}_pixels"] for s in sides]).to(dtype)
+    embeds = encode_pixel_batch(vision_model, pixels).chunk(len(sides))
+    return {f"image_{s}": e for s, e in zip(sides, embeds)}
+
+
+@torch.no_grad()
+def reference_embeddings(text_base, vision_base, batch: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """T0(t) and V0(v): the encoders with adapters off. No gradient ever reaches them."""
+    refs = {}
+    with adapters_disabled(text_base, vision_base):
+        refs["text_safe_ref"] = encode_token_batch(text_base, batch["safe_input_ids"], batch["safe_attention_mask"])
+        if "safe_pixels" in batch:
+            refs["image_safe_ref"] = encode_pixel_batch(vision_base, batch["safe_pixels"].to(dtype))
+    return refs
+
+
+def loss_weights(cfg: TrainConfig) -> dict[str, float]:
+    return {name: float(getattr(cfg.loss, name)) for name in LOSS_TERMS}
+
+
+def safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batch: dict, cfg: TrainConfig,
+                          dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The four Safe-CLIP terms and their weighted total for one batch (Eq. 4-7)."""
+    refs = reference_embeddings(text_base, vision_base, batch, dtype)
+    current = {**encode_batch_texts(text_model, batch), **encode_batch_images(vision_model, batch, dtype)}
+    return safe_clip_objective(
+        text_safe=current.get("text_safe"), text_unsafe=current.get("text_unsafe"),
+        image_safe=current.get("image_safe"), image_unsafe=current.get("image_unsafe"),
+        text_safe_ref=refs.get("text_safe_ref"), image_safe_ref=refs.get("image_safe_ref"),
+        weights=loss_weights(cfg), temperature=cfg.loss.temperature,
+    )
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def validate(text_base, vision_base, bundle: ClipBundle, records, cfg: TrainConfig) -> tuple[float, dict]:
+    """Safe-CLIP retrieval protocol on the validation split; score = sum of every recall."""
+    emb = embed_quadruplets(text_base, vision_base, bundle.tokenizer, bundle.image_processor, records,
+                            batch_size=cfg.run.eval_batch_size)
+    if "safe_image" not in emb:
+        return 0.0, {}
+    metrics = safe_clip_protocol(emb["safe_text"], emb["safe_image"], emb.get("unsafe_text"), emb.get("unsafe_image"))
+    score = sum(v for direction in metrics.values() for k, v in direction.items() if k.startswith("R@"))
+    return float(score), metrics
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def lora_state(*models: torch.nn.Module) -> dict[str, torch.Tensor]:
+    state = {}
+    for prefix, model in zip(("text", "vision"), models):
+        for name, param in model.named_parameters():
+            if param.requires_grad:
+                state[f"{prefix}.{name}"] = param.detach().cpu().contiguous()
+    return state
+
+
+def load_lora_state(state: dict[str, torch.Tensor], *models: torch.nn.Module) -> None:
+    for prefix, model in zip(("text", "vision"), models):
+        params = dict(model.named_parameters())
+        for key, value in state.items():
+            if key.startswith(prefix + "."):
+                name = key[len(prefix) + 1:]
+                if name not in params:
+                    raise ValueError(f"checkpoint parameter {key} does not exist in the model: different LoRA settings?")
+                with torch.no_grad():
+                    params[name].copy_(value)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, accelerator: Accelerator, text_base, vision_base, optimizer, state: TrainState) -> None:
+    """Write ``checkpoints/epoch-N`` atomically, then point ``checkpoints/latest`` at it."""
+    name = f"epoch-{state.epoch:04d}"
+    ckpt_root = run_dir / "checkpoints"
+    rng_file = ckpt_root / f".rng-{name}-{accelerator.process_index}.pt"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    torch.save(rng_state(), rng_file)  # every process keeps its own RNG stream
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        def fill(tmp: Path) -> None:
+            save_file(lora_state(text_base, vision_base), tmp / "lora.safetensors")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            for rank in range(accelerator.num_processes):
+                shutil.move(ckpt_root / f".rng-{name}-{rank}.pt", tmp / f"rng-{rank}.pt")
+            write_json_atomic(tmp / "state.json", dataclasses.asdict(state))
+
+        write_folder_atomic(ckpt_root / name, fill)
+        write_text_atomic(ckpt_root / "latest", name + "\n")
+        for old in ckpt_root.glob("epoch-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def load_checkpoint(run_dir: Path, accelerator: Accelerator, text_base, vision_base, optimizer) -> TrainState | None:
+    pointer = run_dir / "checkpoints" / "latest"
+    if not pointer.is_file():
+        return None
+    ckpt = run_dir / "checkpoints" / pointer.read_text().strip()
+    load_lora_state(load_file(ckpt / "lora.safetensors"), text_base, vision_base)
+    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False))
+    rng_files = sorted(ckpt.glob("rng-*.pt"))
+    rng_file = ckpt / f"rng-{accelerator.process_index}.pt"
+    if rng_file.is_file():
+        restore_rng(torch.load(rng_file, weights_only=False))
+    elif rng_files:  # resumed on a different number of processes: continue from rank 0's stream
+        restore_rng(torch.load(rng_files[0], weights_only=False))
+    return TrainState(**json.loads((ckpt / "state.json").read_text()))
+
+
+def save_best(run_dir: Path, bundle: ClipBundle, text_base, vision_base, metrics: dict, state: TrainState) -> None:
+    """The best adapters so far (toggle safety on any copy of the base model) plus their metrics."""
+    def fill(tmp: Path) -> None:
+        save_adapters(dataclasses.replace(bundle, text=text_base, vision=vision_base), tmp)
+        write_json_atomic(tmp / "metrics.json", {"epoch": state.epoch, "score": state.best_score, "metrics": metrics,
+                                                 "base_model": bundle.name})
+
+    write_folder_atomic(run_dir / "best", fill)
+
+
+def append_jsonl(path: Path, row: dict) -> None:
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row) + "\n")
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Fine-tune ``cfg.model.name`` with Safe-CLIP; returns the run folder."""
+    cfg.validate()
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.optim.grad_accum,
+        mixed_precision=cfg.run.mixed_precision,
+        log_with=cfg.run.log_with or None,
+        project_dir=cfg.run.out_dir,
+    )
+    run_dir = Path(cfg.run.out_dir)
+    say = accelerator.print
+    if run_dir.joinpath("checkpoints", "latest").exists() and not cfg.run.resume:
+        raise FileExistsError(f"{run_dir} already holds a run; pass run.resume=true to continue it "
+                              "or choose another run.out_dir")
+    set_seed(cfg.run.seed)
+
+    # 1. Model: LoRA on both encoders; with the adapters off they are the frozen T0 / V0.
+    bundle = load_clip(cfg.model.name, dtype=dtype_of(cfg.model.dtype))
+    text_base, vision_base = prepare_encoders(bundle, cfg)
+    weight_dtype = dtype_of(cfg.model.dtype)
+
+    # 2. Data.
+    train_records, train_report = read_split(cfg.data.train, cfg)
+    say(train_report.summary())
+    say("mode: " + describe_mode(train_report))
+    val_records, val_report = (read_split(cfg.data.val, cfg) if cfg.data.val else ([], None))
+    if val_report:
+        say(val_report.summary())
+    micro_batch = cfg.data.batch_size // cfg.optim.grad_accum // accelerator.num_processes
+    if micro_batch < 2 or micro_batch * cfg.optim.grad_accum * accelerator.num_processes != cfg.data.batch_size:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} must split evenly into optim.grad_accum="
+                         f"{cfg.optim.grad_accum} x {accelerator.num_processes} processes with >= 2 items each")
+    dataset = QuadrupletDataset(train_records, bundle.image_processor, train_report.modalities,
+                                cache_images=cfg.data.num_workers == 0)
+    sampler = EpochShuffleSampler(len(dataset), seed=cfg.run.seed)
+    loader = DataLoader(dataset, batch_size=micro_batch, sampler=sampler, drop_last=True,
+                        num_workers=cfg.data.num_workers,
+                        collate_fn=QuadrupletCollator(bundle.tokenizer, padding=cfg.data.text_padding))
+    if len(loader) == 0:
+        raise ValueError(f"{cfg.data.train} has {len(dataset)} usable quadruplets, fewer than one batch "
+                         f"({micro_batch}); lower data.batch_size")
+
+    # 3. Optimizer over the LoRA parameters only (paper: Adam, lr 1e-3).
+    params = trainable_parameters(text_base, vision_base)
+    optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    optimizer, loader = accelerator.prepare(optimizer, loader)
+    # DDP wraps only encoders that train; a frozen encoder is used as it is.
+    text_model = accelerator.prepare(text_base) if trainable_parameters(text_base) else text_base
+    vision_model = accelerator.prepare(vision_base) if trainable_parameters(vision_base) else vision_base
+
+    # 4. Run folder, or resume.
+    state = TrainState()
+    if cfg.run.resume:
+        state = load_checkpoint(run_dir, accelerator, text_base, vision_base, optimizer) or state
+        say(f"resumed from epoch {state.epoch}, step {state.step}" if state.step else "nothing to resume; starting")
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        write_json_atomic(run_dir / "meta.json", {
+            "seed": cfg.run.seed, "versions": versions(), "command": sys.argv, "processes": accelerator.num_processes,
+            "train_rows": train_report.rows, "train_skipped_rows": len(train_report.skipped),
+            "val_rows": val_report.rows if val_report else 0,
+            "val_skipped_rows": len(val_report.skipped) if val_report else 0,
+            "mode": describe_mode(train_report), "modalities": list(train_report.modalities),
+        })
+    if cfg.run.log_with:
+        accelerator.init_trackers("safeclip", config=config_to_dict(cfg))
+
+    # 5. Epochs: train, validate, keep the best, checkpoint.
+    steps_this_process = 0
+    for epoch in range(state.epoch, cfg.optim.epochs):
+        if state.stopped_early or (cfg.optim.max_steps and state.step >= cfg.optim.max_steps):
+            break
+        sampler.set_epoch(epoch)
+        text_model.train()
+        vision_model.train()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not (cfg.run.progress and accelerator.is_local_main_process))
+        for batch in bar:
+            with accelerator.accumulate(text_model, vision_model):
+                with accelerator.autocast():
+                    terms = safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batch, cfg, weight_dtype)
+                accelerator.backward(terms["total"])
+                if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            if not accelerator.sync_gradients:
+                continue
+            state.step += 1
+            steps_this_process += 1
+            logged = {k: float(v.detach()) for k, v in terms.items()}
+            bar.set_postfix(loss=f"{logged['total']:.4f}")
+            if accelerator.is_main_process and (state.step % cfg.run.log_every == 0 or state.step == 1):
+                append_jsonl(run_dir / "train_log.jsonl", {"epoch": epoch, "step": state.step, **logged})
+                if cfg.run.log_with:
+                    accelerator.log(logged, step=state.step)
+            if cfg.run.stop_after_steps and steps_this_process >= cfg.run.stop_after_steps:
+                say(f"stopping after {steps_this_process} steps as asked (run.stop_after_steps); resume with run.resume=true")
+                sys.stdout.flush()
+                os._exit(INTERRUPTED_EXIT_CODE)
+            if cfg.optim.max_steps and state.step >= cfg.optim.max_steps:
+                break
+        state.epoch = epoch + 1
+
+        score, metrics = (validate(text_base, vision_base, bundle, val_records, cfg) if val_records else (0.0, {}))
+        improved = score > state.best_score or not val_records
+        if improved:
+            state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+        else:
+            state.bad_epochs += 1
+            state.stopped_early = bool(cfg.optim.patience) and state.bad_epochs >= cfg.optim.patience
+        if accelerator.is_main_process:
+            append_jsonl(run_dir / "val_log.jsonl", {"epoch": state.epoch, "step": state.step, "score": score,
+                                                     "improved": improved, "metrics": metrics})
+            if improved:
+                save_best(run_dir, bundle, text_base, vision_base, metrics, state)
+            say(f"epoch {state.epoch}: val recall sum {score:.1f} (best {state.best_score:.1f} at epoch {state.best_epoch})")
+        save_checkpoint(run_dir, accelerator, text_base, vision_base, optimizer, state)
+
+    if accelerator.is_main_process:
+        write_json_atomic(run_dir / "summary.json", {**dataclasses.asdict(state), "best_dir": str(run_dir / "best")})
+    accelerator.end_training()
+    return run_dir

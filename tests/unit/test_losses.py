@@ -1,0 +1,112 @@
+"""Hand-checkable tests of the Safe-CLIP loss terms (paper Eq. 4-7)."""
+
+import math
+
+import pytest
+import torch
+
+from safeclip.losses import (
+    preservation_contrastive_loss,
+    preservation_cosine_loss,
+    redirection_contrastive_loss,
+    redirection_cosine_loss,
+    safe_clip_objective,
+    symmetric_info_nce,
+)
+
+E1 = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+E1_SCALED = torch.tensor([[3.0, 0.0], [0.0, 0.5]])  # same directions, other norms
+
+
+def test_info_nce_orthogonal_pairs_by_hand():
+    """Two orthogonal pairs, tau=1: each row softmax is [e^1, e^0] -> CE = log(1 + e^-1); rows + columns."""
+    expected = 2 * math.log(1 + math.exp(-1))
+    assert symmetric_info_nce(E1, E1_SCALED, temperature=1.0).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_info_nce_is_not_symmetric_in_batch_when_asymmetric():
+    """Row and column CEs differ for a non-symmetric similarity matrix; we sum both (Eq. 4 has two sums)."""
+    a = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    b = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    s = torch.tensor([[1.0, 0.0], [2**-0.5, 2**-0.5]])  # cos(a_i, b_j)
+    rows = -torch.log_softmax(s, 1).diagonal().mean()
+    cols = -torch.log_softmax(s, 0).diagonal().mean()
+    assert symmetric_info_nce(a, b, 1.0).item() == pytest.approx((rows + cols).item(), rel=1e-6)
+    assert rows.item() != pytest.approx(cols.item())
+
+
+def test_redirection_contrastive_is_four_mean_cross_entropies():
+    """Eq. 4 with both modalities = twice the two-CE value when both pairs are orthogonal (tau = 0.5)."""
+    half = 2 * math.log(1 + math.exp(-2))
+    loss = redirection_contrastive_loss(
+        text_unsafe=E1, image_safe_ref=E1_SCALED, image_unsafe=E1_SCALED, text_safe_ref=E1, temperature=0.5
+    )
+    assert loss.item() == pytest.approx(2 * half, rel=1e-6)
+
+
+def test_redirection_contrastive_text_only_mode():
+    loss = redirection_contrastive_loss(
+        text_unsafe=E1, image_safe_ref=E1, image_unsafe=None, text_safe_ref=None, temperature=1.0
+    )
+    assert loss.item() == pytest.approx(2 * math.log(1 + math.exp(-1)), rel=1e-6)
+
+
+def test_redirection_cosine_by_hand():
+    """cos = 1 for the text pair, cos = 0 for both image pairs -> -(1 + 0) = -1."""
+    t_star = torch.tensor([[1.0, 1.0], [2.0, 0.0]])
+    t0 = torch.tensor([[3.0, 3.0], [1.0, 0.0]])
+    v_star = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    v0 = torch.tensor([[0.0, 2.0], [5.0, 0.0]])
+    loss = redirection_cosine_loss(text_unsafe=t_star, text_safe_ref=t0, image_unsafe=v_star, image_safe_ref=v0)
+    assert loss.item() == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_preservation_cosine_by_hand_and_minimum():
+    """Identical directions on both sides give the minimum -2; opposite text gives -(-1 + 1) = 0."""
+    x = torch.randn(5, 8)
+    y = torch.randn(5, 8)
+    assert preservation_cosine_loss(text_safe=x, text_safe_ref=2 * x, image_safe=y, image_safe_ref=y).item() == pytest.approx(-2.0, abs=1e-6)
+    assert preservation_cosine_loss(text_safe=-x, text_safe_ref=x, image_safe=y, image_safe_ref=y).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_preservation_contrastive_matches_explicit_sums():
+    """Eq. 7 written as four explicit sums over log-softmaxes equals the function."""
+    torch.manual_seed(0)
+    t, v0, v, t0 = (torch.randn(4, 6) for _ in range(4))
+    tau = 0.07
+    cos = lambda a, b: torch.nn.functional.normalize(a, dim=-1) @ torch.nn.functional.normalize(b, dim=-1).T
+    s1 = cos(v0, t) / tau  # s1[i, j] = cos(V0(v_i), T(t_j))
+    s2 = cos(t0, v) / tau  # s2[i, j] = cos(T0(t_i), V(v_j))
+    expected = -(
+        torch.log_softmax(s1, 1).diagonal().mean()
+        + torch.log_softmax(s1, 0).diagonal().mean()
+        + torch.log_softmax(s2, 1).diagonal().mean()
+        + torch.log_softmax(s2, 0).diagonal().mean()
+    )
+    got = preservation_contrastive_loss(text_safe=t, image_safe_ref=v0, image_safe=v, text_safe_ref=t0, temperature=tau)
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_losses_reject_all_missing():
+    with pytest.raises(ValueError, match="every input pair is None"):
+        redirection_cosine_loss(text_unsafe=None, text_safe_ref=E1, image_unsafe=None, image_safe_ref=E1)
+
+
+def test_objective_weighted_sum_and_skips_missing_modalities():
+    torch.manual_seed(1)
+    t, ts, t0, v0 = (torch.randn(3, 4) for _ in range(4))
+    weights = {"redirection_contrastive": 0.5, "redirection_cosine": 2.0, "preservation_cosine": 1.0, "preservation_contrastive": 0.0}
+    terms = safe_clip_objective(
+        text_safe=t, text_unsafe=ts, image_safe=None, image_unsafe=None,
+        text_safe_ref=t0, image_safe_ref=v0, weights=weights, temperature=0.1,
+    )
+    assert "preservation_contrastive" not in terms  # weight 0
+    expected = 0.5 * terms["redirection_contrastive"] + 2.0 * terms["redirection_cosine"] + terms["preservation_cosine"]
+    assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_gradients_flow_only_to_trainable_side():
+    a = torch.randn(4, 8, requires_grad=True)
+    ref = torch.randn(4, 8)
+    redirection_contrastive_loss(text_unsafe=a, image_safe_ref=ref, image_unsafe=None, text_safe_ref=None).backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0
