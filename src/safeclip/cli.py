@@ -20,7 +20,6 @@ import sys
 COMMAND_GROUPS: list[str] = [
     "safeclip.commands.train",
     "safeclip.commands.evaluate",
-    "safeclip.commands.export",
 ]
 
 

@@ -356,7 +356,7 @@ def train(cfg: TrainConfig) -> Path:
     for epoch in range(state.epoch, cfg.optim.epochs):
         if state.stopped_early or (cfg.optim.max_steps and state.step >= cfg.optim.max_steps):
             break
-        sampler.set_epoch(epoch)
+        loader.set_epoch(epoch)  # accelerate's loader passes it on to our sampler
         text_model.train()
         vision_model.train()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not (cfg.run.progress and accelerator.is_local_main_process))
