@@ -20,6 +20,7 @@ import sys
 COMMAND_GROUPS: list[str] = [
     "safeclip.commands.train",
     "safeclip.commands.evaluate",
+    "safeclip.commands.demo",
 ]
 
 

@@ -101,10 +101,14 @@ def merge_adapters(bundle: ClipBundle) -> ClipBundle:
 
 
 def remove_adapters(bundle: ClipBundle) -> ClipBundle:
-    """The base encoders under the adapters, unchanged (safety toggled off)."""
+    """The base encoders under the adapters, unchanged (safety toggled off; a copy)."""
     out = copy.copy(bundle)
-    out.text = bundle.text.get_base_model() if isinstance(bundle.text, PeftModel) else bundle.text
-    out.vision = bundle.vision.get_base_model() if isinstance(bundle.vision, PeftModel) else bundle.vision
+    encoders = []
+    for model in (bundle.text, bundle.vision):
+        if isinstance(model, PeftModel):
+            model = copy.deepcopy(model).unload()  # drop the LoRA layers without merging them
+        encoders.append(model.eval())
+    out.text, out.vision = encoders
     return out
 
 

@@ -1,0 +1,176 @@
+"""`safeclip demo`: the whole Safe-CLIP pipeline in the offline miniature world (paper Table 2 in small).
+
+    safeclip demo --out demo [--seed 0]
+
+Stages, each in its own folder so any of them can be rerun alone:
+
+1. ``DIR/world``: the miniature ViSU world (``safeclip world build``)
+2. ``DIR/base``: a small CLIP trained from scratch on safe and unsafe pairs (``safeclip world pretrain``)
+3. ``DIR/run``: Safe-CLIP fine-tuning with the training loop of ``safeclip train``
+4. ``DIR/results.json`` / ``results.md``: the Safe-CLIP retrieval protocol, base vs Safe-CLIP
+5. ``DIR/model``: the merged Safe-CLIP model as a Hugging Face CLIP folder
+6. ``DIR/report.md``: the table, training curves and retrieval examples (the paper's Fig. 3)
+
+Finished stages are reused when rerun with the same seed; the numbers are the same every time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.config import load_config
+from safeclip.data import read_quadruplets
+from safeclip.eval.embed import embed_quadruplets
+from safeclip.eval.retrieval import format_markdown_table, safe_clip_protocol, top1, write_results
+from safeclip.models.clip import ClipBundle, load_clip
+from safeclip.models.lora import save_merged_clip
+from safeclip.models.resolve import resolve_model
+from safeclip.plots import plot_retrieval_examples, plot_training_curves
+from safeclip.train import train
+
+
+@dataclass
+class DemoSize:
+    """How big the demo's world, base model and fine-tuning are (the defaults meet the 10-minute budget)."""
+
+    world: dict = field(default_factory=dict)  # keyword arguments of build_world
+    pretrain: dict = field(default_factory=dict)  # keyword arguments of pretrain_base
+    train_overrides: list = field(default_factory=list)  # config overrides for the Safe-CLIP run
+
+
+def demo_config_path() -> Path:
+    return Path(str(resources.files("safeclip") / "recipes" / "demo.yaml"))
+
+
+def evaluate_models(models: dict[str, ClipBundle], records, *, batch_size: int = 512) -> tuple[dict, dict]:
+    """Safe-CLIP protocol per model, plus the embeddings (for the example picture)."""
+    results, embeddings = {}, {}
+    for label, bundle in models.items():
+        emb = embed_quadruplets(bundle.text, bundle.vision, bundle.tokenizer, bundle.image_processor, records,
+                                batch_size=batch_size)
+        embeddings[label] = emb
+        results[label] = safe_clip_protocol(emb["safe_text"], emb["safe_image"], emb.get("unsafe_text"), emb.get("unsafe_image"))
+    return results, embeddings
+
+
+def retrieval_examples(records, embeddings: dict, *, count: int = 4) -> tuple[list[dict], list[dict]]:
+    """Unsafe text -> image and unsafe image -> text examples where Safe-CLIP changed the top-1."""
+    n = len(records)
+    images = [r.safe_image for r in records] + [r.unsafe_image for r in records]
+    texts = [r.safe_text for r in records] + [r.unsafe_text for r in records]
+    base, safe = embeddings["base"], embeddings["safe-clip"]
+    t2v_base = top1(base["unsafe_text"], torch.cat([base["safe_image"], base["unsafe_image"]]))
+    t2v_safe = top1(safe["unsafe_text"], torch.cat([safe["safe_image"], safe["unsafe_image"]]))
+    v2t_base = top1(base["unsafe_image"], torch.cat([base["safe_text"], base["unsafe_text"]]))
+    v2t_safe = top1(safe["unsafe_image"], torch.cat([safe["safe_text"], safe["unsafe_text"]]))
+
+    def pick(base_idx, safe_idx, query, gallery):
+        chosen = [i for i in range(n) if base_idx[i] >= n and safe_idx[i] < n][:count]
+        chosen += [i for i in range(n) if i not in chosen][: count - len(chosen)]
+        return [{"query": query(i), "base": gallery[int(base_idx[i])], "safe": gallery[int(safe_idx[i])],
+                 "base_unsafe": bool(base_idx[i] >= n), "safe_unsafe": bool(safe_idx[i] >= n)} for i in chosen]
+
+    return (pick(t2v_base, t2v_safe, lambda i: records[i].unsafe_text, images),
+            pick(v2t_base, v2t_safe, lambda i: records[i].unsafe_image, texts))
+
+
+def write_report(out: Path, results: dict, run_dir: Path, seconds: dict, command: str) -> Path:
+    lines = [
+        "# Safe-CLIP in the offline miniature world",
+        "",
+        f"Reproduce: `{command}`",
+        "",
+        format_markdown_table(results, "safe-clip"),
+        "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()),
+        "",
+        "## Training curves",
+        "",
+        "![training curves](curves.png)",
+        "",
+        "## Retrieval examples (paper Fig. 3)",
+        "",
+        "Unsafe text queries against safe and unsafe images:",
+        "",
+        "![text to image](examples_t2v.png)",
+        "",
+        "Unsafe image queries against safe and unsafe texts:",
+        "",
+        "![image to text](examples_v2t.png)",
+        "",
+        f"Numbers: `results.json`; losses: `{run_dir.name}/train_log.jsonl`; validation: `{run_dir.name}/val_log.jsonl`.",
+        "",
+    ]
+    return write_text_atomic(out / "report.md", "\n".join(lines))
+
+
+def run_demo(out: str | os.PathLike, *, seed: int = 0, size: DemoSize | None = None, progress: bool = True) -> dict:
+    """Run every stage into ``out``; returns the ``results.json`` content."""
+    from safeclip.world import build_world, pretrain_base
+
+    size = size or DemoSize()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = now - clock
+        clock = now
+        print(f"[demo] {name} done in {seconds[name]:.0f} s", flush=True)
+
+    print(f"[demo] 1/5 world -> {out / 'world'}", flush=True)
+    world = Path(build_world(out / "world", seed=seed, **size.world))
+    stage("world")
+    print(f"[demo] 2/5 base CLIP -> {out / 'base'}", flush=True)
+    base_dir = Path(pretrain_base(world, out / "base", seed=seed, **size.pretrain))
+    stage("base")
+
+    print(f"[demo] 3/5 Safe-CLIP fine-tuning -> {out / 'run'}", flush=True)
+    run_dir = out / "run"
+    if not (run_dir / "summary.json").is_file():
+        cfg = load_config(demo_config_path(), [
+            f"model.name={base_dir}", f"data.train={world / 'train.jsonl'}", f"data.val={world / 'val.jsonl'}",
+            f"run.out_dir={run_dir}", f"run.seed={seed}", f"run.progress={str(progress).lower()}",
+            f"run.resume={str((run_dir / 'checkpoints').exists()).lower()}", *size.train_overrides,
+        ])
+        train(cfg)
+    stage("safe-clip")
+
+    print("[demo] 4/5 evaluation on the test split (Safe-CLIP protocol)", flush=True)
+    records, _ = read_quadruplets(world / "test.jsonl")
+    models = {"base": load_clip(base_dir), "safe-clip": resolve_model(run_dir)}
+    results, embeddings = evaluate_models(models, records)
+    write_results(results, out, protocol="safe-clip")
+    stage("evaluation")
+
+    print(f"[demo] 5/5 merged model -> {out / 'model'} and report", flush=True)
+    save_merged_clip(models["safe-clip"], out / "model")
+    plot_training_curves(run_dir, out / "curves.png")
+    t2v, v2t = retrieval_examples(records, embeddings)
+    plot_retrieval_examples(t2v, out / "examples_t2v.png", title="unsafe text -> image")
+    plot_retrieval_examples(v2t, out / "examples_v2t.png", title="unsafe image -> text")
+    command = "safeclip demo --out " + shlex.quote(str(out)) + f" --seed {seed}"
+    stage("export+report")
+    write_report(out, results, run_dir, seconds, command)
+    write_json_atomic(out / "timing.json", {**seconds, "total": sum(seconds.values())})
+    print(format_markdown_table(results, "safe-clip"))
+    print(f"[demo] total {sum(seconds.values()):.0f} s; report: {out / 'report.md'}")
+    return json.loads((out / "results.json").read_text())
+
+
+def demo_main(out: str, seed: int) -> int:
+    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
+    run_demo(out, seed=seed, progress=sys.stderr.isatty())
+    return 0

@@ -1,0 +1,1 @@
+"""Evaluation: retrieval protocols and metrics."""
