@@ -102,3 +102,14 @@ def test_resolve_model_requires_base_for_adapter_folder(tmp_path, tiny_clip_dir)
         resolve_model(tmp_path / "adapters")
     bundle = resolve_model(tiny_clip_dir, adapters=tmp_path / "adapters")
     assert encode_texts(bundle.text, bundle.tokenizer, ["a cat"]).shape == (1, 32)
+
+
+def test_weights_only_checkpoint_like_the_authors_release(tmp_path, tiny_clip_dir):
+    """aimagelab/safeclip_vit-l_14 is a CLIPModel folder; a copy without tokenizer files needs its base's."""
+    CLIPModel.from_pretrained(tiny_clip_dir).save_pretrained(tmp_path / "released")
+    with pytest.raises(ClipLoadError, match="processor_from"):
+        load_clip(tmp_path / "released")
+    bundle = load_clip(tmp_path / "released", processor_from=tiny_clip_dir)
+    reference = load_clip(tiny_clip_dir)
+    texts = ["a red circle"]
+    assert torch.equal(encode_texts(bundle.text, bundle.tokenizer, texts), encode_texts(reference.text, reference.tokenizer, texts))

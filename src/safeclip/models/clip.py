@@ -41,6 +41,13 @@ KNOWN_CHECKPOINTS: dict[str, str] = {
 }
 
 
+# Released checkpoints that ship weights only: their tokenizer and image processor come from the base.
+PROCESSOR_FALLBACKS: dict[str, str] = {
+    "aimagelab/safeclip_vit-l_14": "openai/clip-vit-large-patch14",
+    "aimagelab/safeclip_vit-l_14_336": "openai/clip-vit-large-patch14-336",
+}
+
+
 class ClipLoadError(ValueError):
     """A model name or folder that cannot be loaded as a CLIP checkpoint."""
 
@@ -124,11 +131,14 @@ def load_clip(
     *,
     dtype: torch.dtype | None = None,
     local_files_only: bool | None = None,
+    processor_from: str | os.PathLike | None = None,
 ) -> ClipBundle:
     """Load a CLIP checkpoint (hub id or local folder) as a :class:`ClipBundle`.
 
     Raises :class:`ClipLoadError` with the name and the fix when it cannot be loaded.
     ``local_files_only`` defaults to ``HF_HUB_OFFLINE``; a local folder never touches the network.
+    ``processor_from`` names where the tokenizer and image processor come from when the checkpoint
+    ships weights only (the authors' released Safe-CLIP models use their base's; known ones are filled in).
     """
     quiet_image_processor_warning()
     source = _resolve_source(name_or_path)
@@ -141,8 +151,7 @@ def load_clip(
         with quiet_transformers():
             text = CLIPTextModelWithProjection.from_pretrained(source, **kwargs)
             vision = CLIPVisionModelWithProjection.from_pretrained(source, **kwargs)
-        tokenizer = CLIPTokenizer.from_pretrained(source, local_files_only=local_files_only)
-        image_processor = CLIPImageProcessor.from_pretrained(source, local_files_only=local_files_only)
+        tokenizer, image_processor = _load_processors(source, local_files_only, processor_from or PROCESSOR_FALLBACKS.get(str(name_or_path)))
     except (OSError, ValueError, KeyError) as err:
         where = "folder" if Path(source).exists() else "hub id"
         raise ClipLoadError(
@@ -153,6 +162,20 @@ def load_clip(
     text.eval()
     vision.eval()
     return ClipBundle(text, vision, tokenizer, image_processor, name=str(name_or_path), logit_scale=logit_scale)
+
+
+def _load_processors(source: str, local_files_only: bool, fallback: str | os.PathLike | None):
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(source, local_files_only=local_files_only)
+        image_processor = CLIPImageProcessor.from_pretrained(source, local_files_only=local_files_only)
+    except (OSError, ValueError, TypeError) as err:
+        if fallback is None:
+            raise OSError(f"{source} has no tokenizer / image processor files ({str(err).splitlines()[0]}); "
+                          "pass processor_from=<the base CLIP> (--processor-from)") from err
+        fallback = _resolve_source(fallback)
+        tokenizer = CLIPTokenizer.from_pretrained(fallback, local_files_only=local_files_only)
+        image_processor = CLIPImageProcessor.from_pretrained(fallback, local_files_only=local_files_only)
+    return tokenizer, image_processor
 
 
 def _read_logit_scale(source: str, local_files_only: bool) -> float:
