@@ -21,6 +21,7 @@ COMMAND_GROUPS: list[str] = [
     "safeclip.commands.train",
     "safeclip.commands.evaluate",
     "safeclip.commands.demo",
+    "safeclip.commands.world",
 ]
 
 

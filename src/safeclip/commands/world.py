@@ -1,0 +1,61 @@
+"""``safeclip world build|pretrain``: the offline miniature ViSU world and its base CLIP."""
+
+from __future__ import annotations
+
+import argparse
+
+from safeclip.world.build import DEFAULT_SIZES
+from safeclip.world.pretrain import PretrainSettings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("world", help="the offline miniature ViSU world (build data, pretrain a base CLIP)",
+                                   description="A small world of procedural scenes with captions and, for the "
+                                   "paper's 20 NSFW categories, unsafe counterparts (phrases in t*, markers in v*).")
+    commands = parser.add_subparsers(dest="world_command", metavar="STEP")
+    build = commands.add_parser("build", help="write train/val/test quadruplets, found-unsafe pool and distractors",
+                                description="Deterministic from --seed; a folder already built with the same "
+                                "settings is reused. Output: DIR/{train,val,test,found_unsafe,distractors}.jsonl, "
+                                "DIR/images/, DIR/world.json.")
+    build.add_argument("--out", required=True, help="output folder")
+    build.add_argument("--seed", type=int, default=0, help="world seed (scenes, categories, splits)")
+    for name, default in DEFAULT_SIZES.items():
+        build.add_argument(f"--{name.replace('_', '-')}", type=int, default=default,
+                           help=f"number of {name[2:]} items (default {default})")
+    build.set_defaults(func=run_build)
+
+    pretrain = commands.add_parser("pretrain", help="train the world's base CLIP from scratch on safe + unsafe pairs",
+                                   description="Standard CLIP contrastive training of a small HF CLIPModel with a "
+                                   "BPE tokenizer trained on the world's captions; saved as a Hugging Face CLIP folder.")
+    pretrain.add_argument("--world", required=True, help="a folder written by `safeclip world build`")
+    pretrain.add_argument("--out", required=True, help="output folder (a Hugging Face CLIP folder)")
+    defaults = PretrainSettings()
+    for name in ("seed", "epochs", "batch_size", "lr", "hidden_size", "num_layers", "patch_size"):
+        value = getattr(defaults, name)
+        pretrain.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
+                              help=f"{name.replace('_', ' ')} (default {value})")
+    pretrain.set_defaults(func=run_pretrain)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from safeclip.world import build_world
+
+    sizes = {name: getattr(args, name) for name in DEFAULT_SIZES}
+    if any(v < 1 for v in sizes.values()):
+        raise ValueError("every --n-* size must be at least 1")
+    print(f"world: {build_world(args.out, seed=args.seed, **sizes)}")
+    return 0
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from safeclip.world import pretrain_base
+
+    if not (Path(args.world) / "world.json").is_file():
+        raise FileNotFoundError(f"{args.world} is not a built world (no world.json); run `safeclip world build --out {args.world}` first")
+    out = pretrain_base(args.world, args.out, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
+                        lr=args.lr, hidden_size=args.hidden_size, num_layers=args.num_layers, patch_size=args.patch_size)
+    print(f"base CLIP: {out}")
+    return 0

@@ -1,0 +1,136 @@
+"""Train the miniature world's base CLIP from scratch (standard CLIP contrastive loss).
+
+    safeclip world pretrain --world world --out base --seed 0
+
+Like web-trained CLIP, the base model sees safe *and* unsafe pairs: every batch holds scenes with
+both their (v, t) and (v*, t*) pairs, so it learns to link each category's words to its marker.
+The result is a Hugging Face CLIP folder (safetensors, a CLIP BPE tokenizer trained on the world's
+captions, a CLIPImageProcessor) that :func:`safeclip.models.load_clip` loads like
+``openai/clip-vit-large-patch14``. A folder already built with the same settings is reused.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+from transformers import CLIPModel
+
+from safeclip.checkpoint import write_folder_atomic, write_json_atomic
+from safeclip.models.clip import quiet_image_processor_warning, tiny_clip_config, tiny_image_processor
+from safeclip.models.tokenizer import train_clip_tokenizer
+from safeclip.world.scenes import IMAGE_SIZE
+
+
+@dataclass
+class PretrainSettings:
+    """Size and schedule of the base CLIP (defaults: a few minutes on 2 CPU cores)."""
+
+    seed: int = 0
+    epochs: int = 6
+    batch_size: int = 256  # pairs per step: batch_size / 2 scenes, each with its safe and unsafe pair
+    lr: float = 2e-3
+    warmup_steps: int = 40
+    hidden_size: int = 96
+    num_layers: int = 3
+    num_heads: int = 4
+    intermediate_size: int = 256
+    projection_dim: int = 96
+    patch_size: int = 4
+    vocab_size: int = 800
+    max_text_length: int = 40
+
+
+def _pixel_tensor(paths: list[Path], image_processor) -> torch.Tensor:
+    """CLIP-normalised ``(N, 3, H, W)`` pixels; world images are already at the model's size."""
+    mean = torch.tensor(image_processor.image_mean).view(1, 3, 1, 1)
+    std = torch.tensor(image_processor.image_std).view(1, 3, 1, 1)
+    raw = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])  # (N, H, W, 3) uint8
+    pixels = torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255.0
+    return (pixels - mean) / std
+
+
+def _read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def clip_loss(text: torch.Tensor, image: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE of CLIP over aligned ``(B, D)`` text and image embeddings."""
+    logits = logit_scale.exp().clamp(max=100) * F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T
+    targets = torch.arange(len(text))
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def pretrain_base(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *, seed: int = 0,
+                  progress: bool = True, **overrides) -> Path:
+    """Train (or reuse) the base CLIP of the world in ``world_dir``; returns ``out_dir``."""
+    quiet_image_processor_warning()
+    settings = PretrainSettings(seed=seed, **overrides)
+    world, out = Path(world_dir), Path(out_dir)
+    world_meta = json.loads((world / "world.json").read_text())
+    key = {"settings": asdict(settings), "world": world_meta["settings"]}
+    if (out / "base.json").is_file() and json.loads((out / "base.json").read_text()).get("key") == key:
+        return out
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    started = time.perf_counter()
+
+    rows = _read_rows(world / "train.jsonl")
+    tokenizer = train_clip_tokenizer([r["safe_text"] for r in rows] + [r["unsafe_text"] for r in rows],
+                                     vocab_size=settings.vocab_size, model_max_length=settings.max_text_length)
+    image_processor = tiny_image_processor(IMAGE_SIZE)
+    config = tiny_clip_config(tokenizer, image_size=IMAGE_SIZE, patch_size=settings.patch_size,
+                              hidden_size=settings.hidden_size, projection_dim=settings.projection_dim,
+                              num_layers=settings.num_layers, num_heads=settings.num_heads,
+                              intermediate_size=settings.intermediate_size)
+    model = CLIPModel(config)
+
+    # Decode and tokenize once: (N, ...) tensors for safe and unsafe sides.
+    texts = tokenizer([r["safe_text"] for r in rows] + [r["unsafe_text"] for r in rows],
+                      padding="max_length", truncation=True, max_length=settings.max_text_length, return_tensors="pt")
+    pixels = _pixel_tensor([world / r["safe_image"] for r in rows] + [world / r["unsafe_image"] for r in rows], image_processor)
+    n = len(rows)
+    scenes_per_batch = settings.batch_size // 2
+    steps_per_epoch = n // scenes_per_batch
+    total_steps = steps_per_epoch * settings.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / settings.warmup_steps)
+                                                 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    log = []
+    model.train()
+    with tqdm(total=total_steps, desc="pretrain base CLIP", disable=not progress) as bar:
+        for epoch in range(settings.epochs):
+            order = torch.from_numpy(rng.permutation(n))
+            for step in range(steps_per_epoch):
+                scenes = order[step * scenes_per_batch:(step + 1) * scenes_per_batch]
+                index = torch.cat([scenes, scenes + n])  # each scene's safe and unsafe pair
+                outputs = model(input_ids=texts["input_ids"][index], attention_mask=texts["attention_mask"][index],
+                            pixel_values=pixels[index])
+                loss = clip_loss(outputs.text_embeds, outputs.image_embeds, model.logit_scale)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                schedule.step()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+                log.append({"epoch": epoch, "step": epoch * steps_per_epoch + step + 1, "loss": loss.item()})
+    model.eval()
+
+    def fill(tmp: Path) -> None:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        image_processor.save_pretrained(tmp)
+        (tmp / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+        write_json_atomic(tmp / "base.json", {"key": key, "seconds": time.perf_counter() - started,
+                                              "torch": torch.__version__, "final_loss": log[-1]["loss"]})
+
+    return write_folder_atomic(out, fill)
