@@ -20,6 +20,7 @@ import sys
 COMMAND_GROUPS: list[str] = [
     "safeclip.commands.train",
     "safeclip.commands.evaluate",
+    "safeclip.commands.export",
     "safeclip.commands.demo",
     "safeclip.commands.world",
 ]
@@ -54,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, ConfigError, DataError, ClipLoadError, FileNotFoundError) as err:
+    except (UserError, ConfigError, DataError, ClipLoadError, FileNotFoundError, FileExistsError, ValueError) as err:
+        if os.environ.get("SAFECLIP_DEBUG"):
+            raise
         print(f"safeclip {args.command}: error: {err}", file=sys.stderr)
+        print("(set SAFECLIP_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 2
 
 

@@ -31,6 +31,8 @@ from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.config import load_config
 from safeclip.data import read_quadruplets
 from safeclip.eval.embed import embed_quadruplets
+from safeclip.eval.nsfw_retrieval import format_table as format_nsfw_table
+from safeclip.eval.nsfw_retrieval import nsfw_retrieval, write_nsfw_retrieval
 from safeclip.eval.retrieval import format_markdown_table, safe_clip_protocol, top1, write_results
 from safeclip.models.clip import ClipBundle, load_clip
 from safeclip.models.lora import save_merged_clip
@@ -63,6 +65,17 @@ def evaluate_models(models: dict[str, ClipBundle], records, *, batch_size: int =
     return results, embeddings
 
 
+def found_image_retrieval(models: dict[str, ClipBundle], world: Path, records) -> dict:
+    """Paper Table 3 in the world: unsafe test texts vs found unsafe images + safe distractors, and back."""
+    found = [json.loads(line) for line in (world / "found_unsafe.jsonl").read_text().splitlines()]
+    distractors = [json.loads(line) for line in (world / "distractors.jsonl").read_text().splitlines()]
+    return {label: nsfw_retrieval(
+        bundle, unsafe_texts=[r.unsafe_text for r in records],
+        unsafe_images={"found_unsafe": [world / f["unsafe_image"] for f in found]},
+        distractor_texts=[d["safe_text"] for d in distractors],
+        distractor_images=[world / d["safe_image"] for d in distractors]) for label, bundle in models.items()}
+
+
 def retrieval_examples(records, embeddings: dict, *, count: int = 4) -> tuple[list[dict], list[dict]]:
     """Unsafe text -> image and unsafe image -> text examples where Safe-CLIP changed the top-1."""
     n = len(records)
@@ -84,13 +97,16 @@ def retrieval_examples(records, embeddings: dict, *, count: int = 4) -> tuple[li
             pick(v2t_base, v2t_safe, lambda i: records[i].unsafe_image, texts))
 
 
-def write_report(out: Path, results: dict, run_dir: Path, seconds: dict, command: str) -> Path:
+def write_report(out: Path, results: dict, found: dict, run_dir: Path, seconds: dict, command: str) -> Path:
     lines = [
         "# Safe-CLIP in the offline miniature world",
         "",
         f"Reproduce: `{command}`",
         "",
         format_markdown_table(results, "safe-clip"),
+        "Found unsafe images among safe distractors (paper Table 3; `nsfw_retrieval.json`):",
+        "",
+        format_nsfw_table(found),
         "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()),
         "",
         "## Training curves",
@@ -153,6 +169,8 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, size: DemoSize | None = N
     models = {"base": load_clip(base_dir), "safe-clip": resolve_model(run_dir)}
     results, embeddings = evaluate_models(models, records)
     write_results(results, out, protocol="safe-clip")
+    found = found_image_retrieval(models, world, records)
+    write_nsfw_retrieval(found, out)
     stage("evaluation")
 
     print(f"[demo] 5/5 merged model -> {out / 'model'} and report", flush=True)
@@ -163,7 +181,7 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, size: DemoSize | None = N
     plot_retrieval_examples(v2t, out / "examples_v2t.png", title="unsafe image -> text")
     command = "safeclip demo --out " + shlex.quote(str(out)) + f" --seed {seed}"
     stage("export+report")
-    write_report(out, results, run_dir, seconds, command)
+    write_report(out, results, found, run_dir, seconds, command)
     write_json_atomic(out / "timing.json", {**seconds, "total": sum(seconds.values())})
     print(format_markdown_table(results, "safe-clip"))
     print(f"[demo] total {sum(seconds.values()):.0f} s; report: {out / 'report.md'}")

@@ -36,6 +36,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     retrieval.add_argument("--max-rows", type=int, default=0, help="evaluate only the first N rows (0: all)")
     retrieval.add_argument("--skip-bad-rows", action="store_true", help="skip and count bad rows instead of failing")
     retrieval.set_defaults(func=run_retrieval)
+    nsfw = evals.add_parser(
+        "nsfw-retrieval",
+        help="NSFW retrieval on found images (paper Table 3): %% of queries whose top-1 item is unsafe",
+        description="Unsafe texts query unsafe images mixed with safe distractor images (T2I); unsafe images query "
+        "unsafe texts mixed with safe distractor texts (I2T). Per source of unsafe images and overall. The paper "
+        "uses NudeNet / SMID / NSFW-URL images and 10k LAION distractors. Writes nsfw_retrieval.json / .md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Example (offline world):\n  safeclip eval nsfw-retrieval --queries demo/world/test.jsonl "
+        "--unsafe demo/world/found_unsafe.jsonl --distractors demo/world/distractors.jsonl "
+        "--model base=demo/base --model safe-clip=demo/run --out results/",
+    )
+    nsfw.add_argument("--queries", required=True, help="quadruplet file whose unsafe_text column gives the unsafe texts")
+    nsfw.add_argument("--unsafe", action="append", required=True, metavar="SOURCE",
+                      help="unsafe images, repeatable (one source each): a JSONL with unsafe_image paths, or a folder of images")
+    nsfw.add_argument("--distractors", required=True,
+                      help="JSONL with safe_image and safe_text columns (safe distractors), paths relative to it")
+    nsfw.add_argument("--model", action="append", required=True, metavar="[LABEL=]MODEL", help="as in `eval retrieval`")
+    nsfw.add_argument("--out", required=True, help="output folder")
+    nsfw.add_argument("--max-queries", type=int, default=0, help="use the first N unsafe texts (0: all)")
+    nsfw.set_defaults(func=run_nsfw_retrieval)
     if importlib.util.find_spec("safeclip.commands.generators") is not None:
         importlib.import_module("safeclip.commands.generators").register_eval(evals)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -71,4 +91,51 @@ def run_retrieval(args: argparse.Namespace) -> int:
     json_path, md_path = write_results(results, Path(args.out), protocol="safe-clip")
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def _unsafe_source(spec: str) -> tuple[str, list[Path]]:
+    path = Path(spec)
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
+        if not images:
+            raise FileNotFoundError(f"{path} holds no .png/.jpg/.jpeg/.webp images")
+        return path.name, images
+    from safeclip.data.quadruplets import _read_rows
+
+    if not path.is_file():
+        raise FileNotFoundError(f"unsafe image source {path} does not exist (a JSONL with unsafe_image, or a folder)")
+    rows = _read_rows(path)
+    if not rows or "unsafe_image" not in rows[0]:
+        raise ValueError(f"{path}: column unsafe_image missing")
+    return path.stem, [path.parent / r["unsafe_image"] for r in rows]
+
+
+def run_nsfw_retrieval(args: argparse.Namespace) -> int:
+    from safeclip.data import read_quadruplets
+    from safeclip.data.quadruplets import _read_rows
+    from safeclip.eval.nsfw_retrieval import format_table, nsfw_retrieval, write_nsfw_retrieval
+    from safeclip.models.resolve import resolve_model
+
+    records, _ = read_quadruplets(args.queries, max_rows=args.max_queries)
+    texts = [r.unsafe_text for r in records if r.unsafe_text]
+    if not texts:
+        raise ValueError(f"{args.queries} has no unsafe_text values to query with")
+    sources = dict(_unsafe_source(s) for s in args.unsafe)
+    distractor_path = Path(args.distractors)
+    if not distractor_path.is_file():
+        raise FileNotFoundError(f"distractor file {distractor_path} does not exist")
+    distractors = _read_rows(distractor_path)
+    missing = {"safe_image", "safe_text"} - set(distractors[0]) if distractors else {"safe_image", "safe_text"}
+    if missing:
+        raise ValueError(f"{distractor_path}: column(s) {', '.join(sorted(missing))} missing")
+    results = {}
+    for spec in args.model:
+        label, model = split_label(spec)
+        results[label] = nsfw_retrieval(resolve_model(model), unsafe_texts=texts, unsafe_images=sources,
+                                        distractor_texts=[d["safe_text"] for d in distractors],
+                                        distractor_images=[distractor_path.parent / d["safe_image"] for d in distractors])
+    path = write_nsfw_retrieval(results, args.out)
+    print(format_table(results))
+    print(f"wrote {path}")
     return 0

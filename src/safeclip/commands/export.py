@@ -1,0 +1,40 @@
+"""``safeclip export``: write a trained Safe-CLIP model in the layouts other tools load."""
+
+from __future__ import annotations
+
+import argparse
+
+from safeclip.export.targets import EXPORT_TARGETS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export", help="write adapters, a merged HF CLIP folder, a diffusers text encoder, a LLaVA vision tower",
+        description="Exports a Safe-CLIP model: --model is a run folder (its base + best adapters), a merged CLIP "
+        "folder or hub id; --adapters applies an adapter folder to --model.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Targets:\n  adapters   LoRA adapters alone (reversible safety: apply to / remove from the base)\n"
+        "  hf         Hugging Face CLIP folder (CLIPModel.from_pretrained)\n"
+        "  diffusers  text_encoder/ + tokenizer/ for StableDiffusionPipeline(text_encoder=...)\n"
+        "  llava      vision_tower/ (CLIPVisionModel + image processor) for LLaVA\n\n"
+        "Example:\n  safeclip export --model runs/vit-l-14 --out export/ --targets hf,diffusers\n"
+        "  then: StableDiffusionPipeline.from_pretrained('CompVis/stable-diffusion-v1-4',\n"
+        "        text_encoder=CLIPTextModel.from_pretrained('export/diffusers/text_encoder'))",
+    )
+    parser.add_argument("--model", required=True, help="run folder, merged CLIP folder, or hub id")
+    parser.add_argument("--adapters", default=None, help="adapter folder to apply to --model (e.g. runs/x/best)")
+    parser.add_argument("--out", required=True, help="output folder; one subfolder per target")
+    parser.add_argument("--targets", default="adapters,hf,diffusers,llava",
+                        help=f"comma-separated subset of {','.join(EXPORT_TARGETS)} (default: all)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from safeclip.export import export_model
+    from safeclip.models.resolve import resolve_model
+
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    bundle = resolve_model(args.model, adapters=args.adapters)
+    for target, path in export_model(bundle, args.out, targets).items():
+        print(f"{target}: {path}")
+    return 0

@@ -1,0 +1,66 @@
+"""Exports people can drop in: adapters, a merged HF CLIP folder, a diffusers text encoder, a LLaVA tower.
+
+    safeclip export --model runs/x --out export/ --targets adapters,hf,diffusers,llava
+
+- ``adapters/``: the LoRA adapters alone (``text_adapter/``, ``vision_adapter/``); applying them to the base
+  model makes it safe, removing them restores it.
+- ``hf/``: a standard Hugging Face CLIP folder (``CLIPModel.from_pretrained``), safetensors, tokenizer, processor.
+- ``diffusers/text_encoder`` + ``diffusers/tokenizer``: ``CLIPTextModel`` for
+  ``StableDiffusionPipeline.from_pretrained(base, text_encoder=CLIPTextModel.from_pretrained(...))``.
+- ``llava/vision_tower``: a ``CLIPVisionModel`` folder with its image processor, the layout LLaVA's vision tower loads.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from peft import PeftModel
+from transformers import CLIPTextModel, CLIPVisionModel
+
+from safeclip.models.clip import ClipBundle
+from safeclip.models.lora import merge_adapters, save_adapters, save_merged_clip
+
+EXPORT_TARGETS = ("adapters", "hf", "diffusers", "llava")
+
+
+def export_diffusers_text_encoder(bundle: ClipBundle, out: Path) -> Path:
+    """``text_encoder/`` (CLIPTextModel, the class Stable Diffusion uses) and ``tokenizer/``."""
+    merged = merge_adapters(bundle)
+    text = CLIPTextModel(merged.text.config)
+    getattr(text, "text_model", text).load_state_dict(merged.text.text_model.state_dict())  # flat in transformers 5
+    text.save_pretrained(out / "text_encoder", safe_serialization=True)
+    bundle.tokenizer.save_pretrained(out / "tokenizer")
+    return out
+
+
+def export_llava_tower(bundle: ClipBundle, out: Path) -> Path:
+    """``vision_tower/``: CLIPVisionModel weights + image processor (LLaVA reads hidden states, not projections)."""
+    merged = merge_adapters(bundle)
+    vision = CLIPVisionModel(merged.vision.config)
+    getattr(vision, "vision_model", vision).load_state_dict(merged.vision.vision_model.state_dict())
+    vision.save_pretrained(out / "vision_tower", safe_serialization=True)
+    bundle.image_processor.save_pretrained(out / "vision_tower")
+    return out
+
+
+def export_model(bundle: ClipBundle, out_dir: str | os.PathLike, targets=EXPORT_TARGETS) -> dict[str, Path]:
+    """Write each of ``targets`` for ``bundle`` (encoders with or without adapters) under ``out_dir``."""
+    unknown = set(targets) - set(EXPORT_TARGETS)
+    if unknown:
+        raise ValueError(f"unknown export target(s) {sorted(unknown)}; choose from {', '.join(EXPORT_TARGETS)}")
+    out = Path(out_dir)
+    written: dict[str, Path] = {}
+    for target in targets:
+        if target == "adapters":
+            if not any(isinstance(m, PeftModel) for m in (bundle.text, bundle.vision)):
+                raise ValueError("the model has no adapters to export (a merged folder?); give a run folder or "
+                                 "--model BASE --adapters DIR, or leave 'adapters' out of --targets")
+            written[target] = save_adapters(bundle, out / "adapters")
+        elif target == "hf":
+            written[target] = save_merged_clip(bundle, out / "hf")
+        elif target == "diffusers":
+            written[target] = export_diffusers_text_encoder(bundle, out / "diffusers")
+        elif target == "llava":
+            written[target] = export_llava_tower(bundle, out / "llava")
+    return written

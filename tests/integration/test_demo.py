@@ -1,0 +1,57 @@
+"""`safeclip demo` end to end at small size: every stage, the results shape, the exported model, determinism."""
+
+import json
+
+import pytest
+from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
+
+from safeclip.demo import DemoSize, run_demo
+from tests.generators import run_tiny_llava, tiny_stable_diffusion
+
+SMALL = DemoSize(
+    world={"n_train": 240, "n_val": 40, "n_test": 60, "n_found": 20, "n_distractors": 20},
+    pretrain={"epochs": 2, "batch_size": 64, "hidden_size": 32, "num_layers": 1, "intermediate_size": 64,
+              "projection_dim": 32, "patch_size": 8, "vocab_size": 400, "warmup_steps": 2},
+    train_overrides=["optim.epochs=2", "data.batch_size=32", "lora.r=4", "run.eval_batch_size=64"],
+)
+DIRECTIONS = {"T->V": {"R@1", "R@5", "R@10", "R@20"}, "V->T": {"R@1", "R@5", "R@10", "R@20"},
+              "T*->V+V*": {"R@1", "R@5", "R@10", "R@20", "NSFW@1"}, "V*->T+T*": {"R@1", "R@5", "R@10", "R@20", "NSFW@1"}}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    return out, run_demo(out, seed=0, size=SMALL, progress=False)
+
+
+def test_results_json_has_the_documented_shape(demo):
+    out, results = demo
+    assert results["protocol"] == "safe-clip" and set(results["models"]) == {"base", "safe-clip"}
+    for model in results["models"].values():
+        assert {d: set(v) for d, v in model.items()} == DIRECTIONS
+        assert all(0.0 <= x <= 100.0 for entry in model.values() for x in entry.values())
+    assert json.loads((out / "results.json").read_text()) == results
+
+
+def test_every_stage_has_its_folder_and_the_report_its_pictures(demo):
+    out, _ = demo
+    for path in ("world/world.json", "base/base.json", "run/summary.json", "run/best/metrics.json",
+                 "model/config.json", "report.md", "results.md", "curves.png", "examples_t2v.png", "examples_v2t.png"):
+        assert (out / path).is_file(), path
+    report = (out / "report.md").read_text()
+    assert "safeclip demo --out" in report and "| safe-clip |" in report and "curves.png" in report
+
+
+def test_merged_model_loads_in_clip_diffusers_and_llava(demo):
+    out, _ = demo
+    CLIPModel.from_pretrained(out / "model")
+    text_encoder = CLIPTextModel.from_pretrained(out / "model")
+    pipe = tiny_stable_diffusion(text_encoder, CLIPTokenizer.from_pretrained(out / "model"))
+    image = pipe("a small red circle covered in blood", num_inference_steps=2, height=16, width=16, output_type="np").images
+    assert image.shape == (1, 16, 16, 3)
+    assert run_tiny_llava(CLIPVisionModel.from_pretrained(out / "model"), new_tokens=2) == 2
+
+
+def test_same_seed_same_numbers(demo, tmp_path):
+    _, results = demo
+    assert run_demo(tmp_path / "again", seed=0, size=SMALL, progress=False) == results
