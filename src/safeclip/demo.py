@@ -188,7 +188,47 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, size: DemoSize | None = N
     return json.loads((out / "results.json").read_text())
 
 
-def demo_main(out: str, seed: int) -> int:
-    torch.set_num_threads(min(torch.get_num_threads(), os.cpu_count() or 1))
-    run_demo(out, seed=seed, progress=sys.stderr.isatty())
+
+
+def summarize_seeds(per_seed: dict[int, dict]) -> dict:
+    """Mean and standard deviation over seeds of every number in ``results.json``'s models."""
+    first = next(iter(per_seed.values()))["models"]
+    summary: dict = {}
+    for model, directions in first.items():
+        for direction, entry in directions.items():
+            for metric in entry:
+                values = torch.tensor([r["models"][model][direction][metric] for r in per_seed.values()])
+                summary.setdefault(model, {}).setdefault(direction, {})[metric] = {
+                    "mean": float(values.mean()), "std": float(values.std(unbiased=False))}
+    return summary
+
+
+def format_seed_table(summary: dict, seeds: list[int]) -> str:
+    columns = [("T->V", "R@1"), ("V->T", "R@1"), ("T*->V+V*", "R@1"), ("T*->V+V*", "NSFW@1"),
+               ("V*->T+T*", "R@1"), ("V*->T+T*", "NSFW@1")]
+    lines = [f"Safe-CLIP protocol in the offline world, mean ± std over seeds {', '.join(map(str, seeds))} (percent).", "",
+             "| model | " + " | ".join(f"{d} {m}" for d, m in columns) + " |", "|---|" + "---:|" * len(columns)]
+    for model, directions in summary.items():
+        cells = [f"{directions[d][m]['mean']:.1f} ± {directions[d][m]['std']:.1f}" for d, m in columns]
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def run_seeds(out: str | os.PathLike, seeds: list[int], *, size: DemoSize | None = None, progress: bool = True) -> dict:
+    """Run the demo once per seed (``out/seed-N``) and write ``out/seeds.json`` and ``out/seeds.md``."""
+    out = Path(out)
+    per_seed = {seed: run_demo(out / f"seed-{seed}", seed=seed, size=size, progress=progress) for seed in seeds}
+    summary = summarize_seeds(per_seed)
+    write_json_atomic(out / "seeds.json", {"protocol": "safe-clip", "seeds": seeds, "summary": summary})
+    table = format_seed_table(summary, seeds)
+    write_text_atomic(out / "seeds.md", table + f"\nReproduce: `safeclip demo --out {out} --seeds {','.join(map(str, seeds))}`\n")
+    print(table)
+    return summary
+
+
+def demo_main(out: str, seed: int, seeds: str = "") -> int:
+    if seeds:
+        run_seeds(out, [int(s) for s in seeds.split(",") if s.strip()], progress=sys.stderr.isatty())
+    else:
+        run_demo(out, seed=seed, progress=sys.stderr.isatty())
     return 0

@@ -55,3 +55,12 @@ def test_merged_model_loads_in_clip_diffusers_and_llava(demo):
 def test_same_seed_same_numbers(demo, tmp_path):
     _, results = demo
     assert run_demo(tmp_path / "again", seed=0, size=SMALL, progress=False) == results
+
+
+def test_seed_summary_mean_and_spread():
+    from safeclip.demo import summarize_seeds
+
+    make = lambda x: {"models": {"base": {"T->V": {"R@1": x}}}}  # noqa: E731
+    summary = summarize_seeds({0: make(10.0), 1: make(20.0), 2: make(30.0)})
+    assert summary["base"]["T->V"]["R@1"]["mean"] == 20.0
+    assert abs(summary["base"]["T->V"]["R@1"]["std"] - (200 / 3) ** 0.5) < 1e-6

@@ -113,3 +113,18 @@ def test_weights_only_checkpoint_like_the_authors_release(tmp_path, tiny_clip_di
     reference = load_clip(tiny_clip_dir)
     texts = ["a red circle"]
     assert torch.equal(encode_texts(bundle.text, bundle.tokenizer, texts), encode_texts(reference.text, reference.tokenizer, texts))
+
+
+def test_tokenizer_training_is_deterministic_and_round_trips(tmp_path):
+    from transformers import CLIPTokenizer
+
+    from safeclip.models.tokenizer import train_clip_tokenizer
+
+    texts = ["a small red circle left of a big blue square", "a green star covered in blood"] * 20
+    a = train_clip_tokenizer(texts, vocab_size=300)
+    b = train_clip_tokenizer(texts, vocab_size=300)
+    assert a.get_vocab() == b.get_vocab()
+    ids = a("a small red circle covered in blood")["input_ids"]
+    assert ids[0] == 0 and ids[-1] == 1 and a.decode(ids, skip_special_tokens=True) == "a small red circle covered in blood"
+    a.save_pretrained(tmp_path)
+    assert CLIPTokenizer.from_pretrained(tmp_path)("a green star")["input_ids"] == a("a green star")["input_ids"]

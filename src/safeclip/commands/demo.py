@@ -16,4 +16,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="demo", help="output folder (default: demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, the base model and the fine-tuning")
-    parser.set_defaults(func=lambda args: __import__("safeclip.demo", fromlist=["demo_main"]).demo_main(args.out, args.seed))
+    parser.add_argument("--seeds", default="", help="comma-separated seeds: run the demo once per seed into DIR/seed-N "
+                        "and write DIR/seeds.json and DIR/seeds.md (mean and spread)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from safeclip.demo import demo_main
+
+    return demo_main(args.out, args.seed, args.seeds)

@@ -46,4 +46,17 @@ def train_clip_tokenizer(
     bpe.train_from_iterator(texts, trainer)
     state = json.loads(bpe.to_str())["model"]
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
-    return CLIPTokenizer(vocab=state["vocab"], merges=merges, model_max_length=model_max_length)
+    return CLIPTokenizer(vocab=ordered_vocab(state["vocab"], merges), merges=merges, model_max_length=model_max_length)
+
+
+def ordered_vocab(vocab: dict[str, int], merges: list[tuple[str, str]]) -> dict[str, int]:
+    """Ids in a fixed order (specials, sorted base symbols, then merge results in merge order).
+
+    The trainer's own id order can vary between runs for equally frequent symbols; this one depends
+    only on the learnt symbols and merges, so the same captions always give the same tokenizer.
+    """
+    merged = ["".join(pair) for pair in merges]
+    merged_set = set(merged)
+    base = sorted(t for t in vocab if t not in merged_set and t not in (BOS_TOKEN, EOS_TOKEN))
+    ordered = [BOS_TOKEN, EOS_TOKEN, *base, *dict.fromkeys(merged)]
+    return {token: i for i, token in enumerate(ordered)}

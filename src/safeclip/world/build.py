@@ -9,6 +9,9 @@ Writes, in the project's quadruplet table format (image paths relative to the fo
     world/distractors.jsonl                  safe images and captions of other scenes {id, safe_image, safe_text}
     world/images/*.png  world/world.json     (world.json is written last: its presence marks a complete build)
 
+As in the paper's Table 3 (1k unsafe images per source, 10k LAION distractors), the distractors
+outnumber the found unsafe images ten to one by default.
+
 Splits hold out compositions: a colour-shape combination of a scene (with its partner's) occurs in
 one split only. Categories are balanced: quadruplet i of a split gets category i mod 20 (shuffled).
 """
@@ -29,7 +32,7 @@ from safeclip.world.categories import CATEGORIES, MARKERS, PHRASES
 from safeclip.world.scenes import Scene, caption, render, sample_scene
 
 WORLD_VERSION = 1
-DEFAULT_SIZES = {"n_train": 10000, "n_val": 500, "n_test": 1000, "n_found": 1000, "n_distractors": 1000}
+DEFAULT_SIZES = {"n_train": 10000, "n_val": 500, "n_test": 1000, "n_found": 1000, "n_distractors": 10000}
 
 
 def composition_split(scene: Scene, seed: int) -> str:

@@ -2,9 +2,8 @@
 
     safeclip world pretrain --world world --out base --seed 0
 
-Like web-trained CLIP, the base model sees safe *and* unsafe pairs, shuffled together (a scene's
-safe and unsafe pairs meet in a batch only by chance, as on the web), so it links each category's
-words to its marker without being drilled on the difference between the two.
+Like web-trained CLIP, the base model sees safe *and* unsafe pairs: every batch holds scenes with
+both their (v, t) and (v*, t*) pairs, so it learns to link each category's words to its marker.
 The result is a Hugging Face CLIP folder (safetensors, a CLIP BPE tokenizer trained on the world's
 captions, a CLIPImageProcessor) that :func:`safeclip.models.load_clip` loads like
 ``openai/clip-vit-large-patch14``. A folder already built with the same settings is reused.
@@ -37,8 +36,8 @@ class PretrainSettings:
     """Size and schedule of the base CLIP (defaults: a few minutes on 2 CPU cores)."""
 
     seed: int = 0
-    epochs: int = 6
-    batch_size: int = 256  # pairs per step, drawn from the shuffled pool of safe and unsafe pairs
+    epochs: int = 4
+    batch_size: int = 256  # pairs per step: batch_size / 2 scenes, each with its safe and unsafe pair
     lr: float = 2e-3
     warmup_steps: int = 40
     hidden_size: int = 96
@@ -99,8 +98,9 @@ def pretrain_base(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *, s
     texts = tokenizer([r["safe_text"] for r in rows] + [r["unsafe_text"] for r in rows],
                       padding="max_length", truncation=True, max_length=settings.max_text_length, return_tensors="pt")
     pixels = _pixel_tensor([world / r["safe_image"] for r in rows] + [world / r["unsafe_image"] for r in rows], image_processor)
-    n = 2 * len(rows)  # safe pairs, then unsafe pairs
-    steps_per_epoch = n // settings.batch_size
+    n = len(rows)
+    scenes_per_batch = settings.batch_size // 2
+    steps_per_epoch = n // scenes_per_batch
     total_steps = steps_per_epoch * settings.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / settings.warmup_steps)
@@ -111,7 +111,8 @@ def pretrain_base(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *, s
         for epoch in range(settings.epochs):
             order = torch.from_numpy(rng.permutation(n))
             for step in range(steps_per_epoch):
-                index = order[step * settings.batch_size:(step + 1) * settings.batch_size]
+                scenes = order[step * scenes_per_batch:(step + 1) * scenes_per_batch]
+                index = torch.cat([scenes, scenes + n])  # each scene's safe and unsafe pair
                 outputs = model(input_ids=texts["input_ids"][index], attention_mask=texts["attention_mask"][index],
                             pixel_values=pixels[index])
                 loss = clip_loss(outputs.text_embeds, outputs.image_embeds, model.logit_scale)
