@@ -27,6 +27,16 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def save_figure(fig, out: str | os.PathLike) -> Path:
+    """Lay out, write as PNG (creating the folder) and close ``fig``."""
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def plot_training_curves(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Per-term losses against steps (left) and the validation recall sum per epoch (right)."""
     run_dir = Path(run_dir)
@@ -45,12 +55,7 @@ def plot_training_curves(run_dir: str | os.PathLike, out: str | os.PathLike) -> 
     right.set_xlabel("epoch")
     right.set_ylabel("validation recall sum")
     right.set_title("validation (Safe-CLIP protocol)")
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def plot_retrieval_examples(
@@ -82,12 +87,7 @@ def plot_retrieval_examples(
                     spine.set_edgecolor(colour)
                     spine.set_linewidth(3)
     fig.suptitle(title + "  (red frame: unsafe item retrieved, green: safe)", fontsize=10)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def _wrap(text: str, width: int = 34) -> str:
