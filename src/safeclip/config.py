@@ -60,6 +60,8 @@ class DataConfig:
     text_padding: str = _f("longest", "Pad text to the longest caption in the batch ('longest') or to the model maximum ('max_length', the authors' 77).")
     skip_bad_rows: bool = _f(False, "Skip rows with missing/corrupt images or fields, count them and report the count, instead of failing.")
     max_rows: int = _f(0, "Use only the first N rows of each split (0: all).")
+    cache_references: bool = _f(True, "Compute the frozen references T0(t), V0(v) once and cache them on disk (exact; saves two encoder passes per step).")
+    reference_cache_dir: str = _f("", "Folder for the reference cache (default: <run.out_dir>/reference_cache).")
 
 
 @dataclass

@@ -147,10 +147,10 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, size: DemoSize | None = N
         print(f"[demo] {name} done in {seconds[name]:.0f} s", flush=True)
 
     print(f"[demo] 1/5 world -> {out / 'world'}", flush=True)
-    world = Path(build_world(out / "world", seed=seed, **size.world))
+    world = Path(build_world(out / "world", seed=seed, progress=progress, **size.world))
     stage("world")
     print(f"[demo] 2/5 base CLIP -> {out / 'base'}", flush=True)
-    base_dir = Path(pretrain_base(world, out / "base", seed=seed, **size.pretrain))
+    base_dir = Path(pretrain_base(world, out / "base", seed=seed, progress=progress, **size.pretrain))
     stage("base")
 
     print(f"[demo] 3/5 Safe-CLIP fine-tuning -> {out / 'run'}", flush=True)

@@ -52,6 +52,7 @@ from safeclip.eval.retrieval import safe_clip_protocol
 from safeclip.losses import LOSS_TERMS, safe_clip_objective
 from safeclip.models.clip import ClipBundle, encode_pixel_batch, encode_token_batch, load_clip
 from safeclip.models.lora import add_lora, adapters_disabled, lora_config, save_adapters
+from safeclip.refcache import load_or_compute_references
 
 INTERRUPTED_EXIT_CODE = 75  # run.stop_after_steps: the process ends as if killed
 
@@ -160,9 +161,18 @@ def loss_weights(cfg: TrainConfig) -> dict[str, float]:
 
 
 def safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batch: dict, cfg: TrainConfig,
-                          dtype: torch.dtype) -> dict[str, torch.Tensor]:
-    """The four Safe-CLIP terms and their weighted total for one batch (Eq. 4-7)."""
-    refs = reference_embeddings(text_base, vision_base, batch, dtype)
+                          dtype: torch.dtype, cached_refs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """The four Safe-CLIP terms and their weighted total for one batch (Eq. 4-7).
+
+    ``cached_refs`` holds T0(t) / V0(v) for the whole dataset (rows = dataset index); without it
+    the references are computed from the batch with the adapters switched off.
+    """
+    if cached_refs is not None:
+        index = batch["index"].cpu()
+        device = batch["safe_input_ids"].device
+        refs = {name: value[index].to(device) for name, value in cached_refs.items()}
+    else:
+        refs = reference_embeddings(text_base, vision_base, batch, dtype)
     current = {**encode_batch_texts(text_model, batch), **encode_batch_images(vision_model, batch, dtype)}
     return safe_clip_objective(
         text_safe=current.get("text_safe"), text_unsafe=current.get("text_unsafe"),
@@ -325,6 +335,16 @@ def train(cfg: TrainConfig) -> Path:
         raise ValueError(f"{cfg.data.train} has {len(dataset)} usable quadruplets, fewer than one batch "
                          f"({micro_batch}); lower data.batch_size")
 
+    # Frozen references T0(t), V0(v): computed once per model and dataset (exact), or per step.
+    cached_refs = None
+    if cfg.data.cache_references:
+        cache_dir = cfg.data.reference_cache_dir or str(run_dir / "reference_cache")
+        with accelerator.main_process_first():
+            cached_refs = load_or_compute_references(
+                text_base, vision_base, bundle.tokenizer, bundle.image_processor, train_records,
+                train_report.modalities, cache_dir, batch_size=cfg.run.eval_batch_size,
+                progress=cfg.run.progress and accelerator.is_local_main_process)
+
     # 3. Optimizer over the LoRA parameters only (paper: Adam, lr 1e-3).
     params = trainable_parameters(text_base, vision_base)
     optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -363,7 +383,8 @@ def train(cfg: TrainConfig) -> Path:
         for batch in bar:
             with accelerator.accumulate(text_model, vision_model):
                 with accelerator.autocast():
-                    terms = safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batch, cfg, weight_dtype)
+                    terms = safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batch, cfg,
+                                                  weight_dtype, cached_refs)
                 accelerator.backward(terms["total"])
                 if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)

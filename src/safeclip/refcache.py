@@ -1,0 +1,66 @@
+"""Frozen-reference cache: T0(t) and V0(v) computed once per model and dataset, kept on disk.
+
+The references of the Safe-CLIP losses come from the encoders with their adapters off, whose
+weights never change, so computing them once is exact and removes two of the six encoder passes
+of every training step. The cache file is keyed by a fingerprint of the base weights, the
+tokenizer and image preprocessing, and the records (texts, image paths, sizes and mtimes).
+
+    refs = load_or_compute_references(text, vision, tokenizer, image_processor, records, cache_dir)
+    refs["text_safe_ref"][batch["index"]]        # (B, D)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from safeclip.data.quadruplets import Quadruplet
+from safeclip.eval.embed import embed_quadruplets
+from safeclip.models.lora import adapters_disabled, base_parameters
+
+CACHE_VERSION = "1"
+
+
+def reference_fingerprint(text_model, vision_model, tokenizer, image_processor, records: Sequence[Quadruplet],
+                          modalities: Sequence[str]) -> str:
+    """sha256 of everything the reference embeddings depend on."""
+    h = hashlib.sha256(CACHE_VERSION.encode())
+    for model in (text_model, vision_model):
+        for name, param in sorted(base_parameters(model).items()):
+            h.update(name.encode())
+            h.update(param.detach().float().cpu().numpy().tobytes())
+    h.update(str(sorted(tokenizer.get_vocab().items())[:50]).encode() + str(len(tokenizer)).encode())
+    h.update(image_processor.to_json_string().encode())
+    h.update(",".join(modalities).encode())
+    for record in records:
+        h.update((record.safe_text or "").encode())
+        if record.safe_image is not None:
+            stat = record.safe_image.stat()
+            h.update(f"{record.safe_image}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def load_or_compute_references(
+    text_model, vision_model, tokenizer, image_processor, records: Sequence[Quadruplet], modalities: Sequence[str],
+    cache_dir: str | os.PathLike, *, batch_size: int = 256, progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """``{"text_safe_ref": (N, D)[, "image_safe_ref": (N, D)]}``, from the cache or computed and cached."""
+    wanted = [m for m in ("safe_text", "safe_image") if m in modalities]
+    key = reference_fingerprint(text_model, vision_model, tokenizer, image_processor, records, wanted)
+    path = Path(cache_dir) / f"references-{key[:24]}.safetensors"
+    if path.is_file():
+        return load_file(path)
+    with adapters_disabled(text_model, vision_model):
+        emb = embed_quadruplets(text_model, vision_model, tokenizer, image_processor, records, modalities=wanted,
+                                batch_size=batch_size, progress=progress)
+    refs = {f"{m.split('_')[1]}_safe_ref": emb[m].contiguous() for m in wanted}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file(refs, tmp)
+    os.replace(tmp, path)
+    return refs
