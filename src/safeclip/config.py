@@ -71,6 +71,7 @@ class LossConfig:
     redirection_cosine: float = _f(0.15, "Weight of Eq. 5 (authors' 0.1 text / 0.2 vision, averaged).")
     preservation_cosine: float = _f(0.1, "Weight of Eq. 6 (authors' 0.1 text / 0.1 vision).")
     preservation_contrastive: float = _f(0.25, "Weight of Eq. 7 (authors' 0.25 text / 0.25 vision).")
+    gather_across_processes: bool = _f(True, "Contrastive terms (Eq. 4, 7) over the global batch: all-gather embeddings across processes (no effect with one process).")
 
 
 @dataclass

@@ -47,6 +47,7 @@ from safeclip.data import (
     ReadReport,
     read_quadruplets,
 )
+from safeclip.distributed import gather_with_grad, world_size
 from safeclip.eval.embed import embed_quadruplets
 from safeclip.eval.retrieval import safe_clip_protocol
 from safeclip.losses import LOSS_TERMS, safe_clip_objective
@@ -156,6 +157,15 @@ def reference_embeddings(text_base, vision_base, batch: dict, dtype: torch.dtype
     return refs
 
 
+def backward_loss(terms: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Tensor:
+    """What to differentiate: the total, times the process count when the terms are gathered.
+
+    A gathered term gives each process the full-batch gradient for its own items only; the
+    data-parallel mean over P processes divides it by P, which this factor undoes (safeclip.distributed).
+    """
+    return terms["total"] * (world_size() if cfg.loss.gather_across_processes else 1)
+
+
 def loss_weights(cfg: TrainConfig) -> dict[str, float]:
     return {name: float(getattr(cfg.loss, name)) for name in LOSS_TERMS}
 
@@ -174,6 +184,10 @@ def safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batc
     else:
         refs = reference_embeddings(text_base, vision_base, batch, dtype)
     current = {**encode_batch_texts(text_model, batch), **encode_batch_images(vision_model, batch, dtype)}
+    if cfg.loss.gather_across_processes and world_size() > 1:  # every term over the global batch
+        # sorted: every process must issue its collectives in the same order
+        current = {name: gather_with_grad(current[name]) for name in sorted(current)}
+        refs = {name: gather_with_grad(refs[name]) for name in sorted(refs)}
     return safe_clip_objective(
         text_safe=current.get("text_safe"), text_unsafe=current.get("text_unsafe"),
         image_safe=current.get("image_safe"), image_unsafe=current.get("image_unsafe"),
@@ -297,6 +311,7 @@ def train(cfg: TrainConfig) -> Path:
     """Fine-tune ``cfg.model.name`` with Safe-CLIP; returns the run folder."""
     cfg.validate()
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # so that torchrun / accelerate launch on CPUs form a gloo group
         gradient_accumulation_steps=cfg.optim.grad_accum,
         mixed_precision=cfg.run.mixed_precision,
         log_with=cfg.run.log_with or None,
@@ -385,7 +400,7 @@ def train(cfg: TrainConfig) -> Path:
                 with accelerator.autocast():
                     terms = safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batch, cfg,
                                                   weight_dtype, cached_refs)
-                accelerator.backward(terms["total"])
+                accelerator.backward(backward_loss(terms, cfg))
                 if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
                 optimizer.step()
