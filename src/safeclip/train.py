@@ -94,6 +94,9 @@ def prepare_encoders(bundle: ClipBundle, cfg: TrainConfig) -> tuple[torch.nn.Mod
     text, vision = bundle.text, bundle.vision
     text.requires_grad_(False)
     vision.requires_grad_(False)
+    if cfg.run.gradient_checkpointing:
+        for encoder in (text, vision):
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.lora.train_text:
         text = add_lora(text, settings)
     if cfg.lora.train_vision:
@@ -367,6 +370,8 @@ def train(cfg: TrainConfig) -> Path:
     # DDP wraps only encoders that train; a frozen encoder is used as it is.
     text_model = accelerator.prepare(text_base) if trainable_parameters(text_base) else text_base
     vision_model = accelerator.prepare(vision_base) if trainable_parameters(vision_base) else vision_base
+    if cfg.run.compile:
+        text_model, vision_model = torch.compile(text_model), torch.compile(vision_model)
 
     # 4. Run folder, or resume.
     state = TrainState()

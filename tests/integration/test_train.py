@@ -127,3 +127,22 @@ def test_cli_reports_bad_config_without_traceback(tmp_path, data):
     assert result.returncode == 2 and "unknown config key 'optim.nope'" in result.stderr
     result = run_cli("train", f"data.train={data}", "model.name=not-a-model", cwd=tmp_path)
     assert result.returncode == 2 and "unknown model 'not-a-model'" in result.stderr
+
+
+def test_gradient_checkpointing_computes_the_same_step(tmp_path, tiny_clip_dir, data):
+    records, report = read_quadruplets(data)
+    grads = []
+    for checkpointing in ("false", "true"):
+        cfg = tiny_config(tmp_path, tiny_clip_dir, data, **{"run.gradient_checkpointing": checkpointing})
+        bundle = load_clip(tiny_clip_dir)
+        torch.manual_seed(0)
+        text, vision = prepare_encoders(bundle, cfg)
+        text.train()
+        vision.train()
+        batch = QuadrupletCollator(bundle.tokenizer)([QuadrupletDataset(records, bundle.image_processor, report.modalities)[i] for i in range(8)])
+        terms = safe_clip_step_losses(text, vision, text, vision, batch, cfg, torch.float32)
+        terms["total"].backward()
+        grads.append((terms["total"].item(), [p.grad.clone() for p in text.parameters() if p.requires_grad]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
