@@ -33,6 +33,7 @@ def _f(default: Any, help: str, **kw: Any) -> Any:
 class ModelConfig:
     name: str = _f("openai/clip-vit-large-patch14", "CLIP checkpoint: hub id or local folder (HF CLIP layout).")
     dtype: str = _f("float32", "Weights dtype of the loaded encoders: float32, bfloat16 or float16.")
+    attn_implementation: str = _f("sdpa", "Attention kernel: sdpa (PyTorch scaled-dot-product attention), eager (the authors' era) or flash_attention_2.")
 
 
 @dataclass
@@ -62,6 +63,7 @@ class DataConfig:
     max_rows: int = _f(0, "Use only the first N rows of each split (0: all).")
     cache_references: bool = _f(True, "Compute the frozen references T0(t), V0(v) once and cache them on disk (exact; saves two encoder passes per step).")
     reference_cache_dir: str = _f("", "Folder for the reference cache (default: <run.out_dir>/reference_cache).")
+    image_cache_gb: float = _f(8.0, "With num_workers=0, keep the preprocessed training images in memory (decoded once) when they fit in this many GiB; larger sets are decoded every epoch (then use num_workers).")
 
 
 @dataclass
@@ -124,6 +126,8 @@ class TrainConfig:
             (self.data.format in {"auto", "visu", "visu-text", "table"}, "data.format must be auto, visu, visu-text or table"),
             (self.run.mixed_precision in {"no", "bf16", "fp16"}, "run.mixed_precision must be no, bf16 or fp16"),
             (self.model.dtype in {"float32", "bfloat16", "float16"}, "model.dtype must be float32, bfloat16 or float16"),
+            (self.model.attn_implementation in {"sdpa", "eager", "flash_attention_2"},
+             "model.attn_implementation must be sdpa, eager or flash_attention_2"),
             (all(w >= 0 for w in (self.loss.redirection_contrastive, self.loss.redirection_cosine,
                                   self.loss.preservation_cosine, self.loss.preservation_contrastive)),
              "loss weights must be >= 0"),

@@ -6,7 +6,10 @@ local tensor so that gradients reach this process's encoders, and the other slic
 Each process then holds the gradient of the full-batch loss for its own items only; data-parallel
 training averages gradients over processes, so the loss is scaled by the number of processes in the
 backward pass (see :func:`safeclip.train.backward_loss`) and one optimizer step
-equals the single-process step on the same global batch.
+equals the single-process step on the same global batch (the idea of open_clip's gathered loss).
+
+    accelerate launch --num_processes 2 -m safeclip.cli train --config ... loss.gather_across_processes=true
+    embeddings = gather_with_grad(local_embeddings)        # (B_local, D) -> (P * B_local, D)
 """
 
 from __future__ import annotations

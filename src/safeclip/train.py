@@ -116,6 +116,14 @@ def read_split(path: str, cfg: TrainConfig) -> tuple[list, ReadReport]:
     )
 
 
+def image_cache_gib(image_processor, records, report: ReadReport) -> float:
+    """Memory that keeping every preprocessed training image (float32, 3 x H x W) would take."""
+    crop = getattr(image_processor, "crop_size", None) or {}
+    height, width = crop.get("height", 224), crop.get("width", 224)
+    images = len(records) * sum(m.endswith("image") for m in report.modalities)
+    return images * 3 * height * width * 4 / 2**30
+
+
 def describe_mode(report: ReadReport) -> str:
     missing = report.missing()
     if not missing:
@@ -167,6 +175,14 @@ def backward_loss(terms: dict[str, torch.Tensor], cfg: TrainConfig) -> torch.Ten
     data-parallel mean over P processes divides it by P, which this factor undoes (safeclip.distributed).
     """
     return terms["total"] * (world_size() if cfg.loss.gather_across_processes else 1)
+
+
+def logged_terms(terms: dict[str, torch.Tensor], accelerator: Accelerator, cfg: TrainConfig) -> dict[str, float]:
+    """The terms as floats; without gathering each process saw only its shard, so log their mean."""
+    values = torch.stack([value.detach().float() for value in terms.values()])
+    if accelerator.num_processes > 1 and not cfg.loss.gather_across_processes:
+        values = accelerator.reduce(values, reduction="mean")
+    return dict(zip(terms, values.tolist()))
 
 
 def loss_weights(cfg: TrainConfig) -> dict[str, float]:
@@ -329,6 +345,8 @@ def train(cfg: TrainConfig) -> Path:
 
     # 1. Model: LoRA on both encoders; with the adapters off they are the frozen T0 / V0.
     bundle = load_clip(cfg.model.name, dtype=dtype_of(cfg.model.dtype))
+    for encoder in (bundle.text, bundle.vision):
+        encoder.set_attn_implementation(cfg.model.attn_implementation)
     text_base, vision_base = prepare_encoders(bundle, cfg)
     weight_dtype = dtype_of(cfg.model.dtype)
 
@@ -343,8 +361,9 @@ def train(cfg: TrainConfig) -> Path:
     if micro_batch < 2 or micro_batch * cfg.optim.grad_accum * accelerator.num_processes != cfg.data.batch_size:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} must split evenly into optim.grad_accum="
                          f"{cfg.optim.grad_accum} x {accelerator.num_processes} processes with >= 2 items each")
-    dataset = QuadrupletDataset(train_records, bundle.image_processor, train_report.modalities,
-                                cache_images=cfg.data.num_workers == 0)
+    cache_gib = image_cache_gib(bundle.image_processor, train_records, train_report)
+    cache_images = cfg.data.num_workers == 0 and cache_gib <= cfg.data.image_cache_gb  # decode once, if it fits
+    dataset = QuadrupletDataset(train_records, bundle.image_processor, train_report.modalities, cache_images=cache_images)
     sampler = EpochShuffleSampler(len(dataset), seed=cfg.run.seed)
     loader = DataLoader(dataset, batch_size=micro_batch, sampler=sampler, drop_last=True,
                         num_workers=cfg.data.num_workers,
@@ -414,7 +433,7 @@ def train(cfg: TrainConfig) -> Path:
                 continue
             state.step += 1
             steps_this_process += 1
-            logged = {k: float(v.detach()) for k, v in terms.items()}
+            logged = logged_terms(terms, accelerator, cfg)
             bar.set_postfix(loss=f"{logged['total']:.4f}")
             if accelerator.is_main_process and (state.step % cfg.run.log_every == 0 or state.step == 1):
                 append_jsonl(run_dir / "train_log.jsonl", {"epoch": epoch, "step": state.step, **logged})

@@ -1,4 +1,12 @@
-"""Data-parallel training on 2 CPU processes (gloo) equals 1 process at the same global batch."""
+"""Data-parallel training on 2 CPU processes (gloo) equals 1 process at the same global batch.
+
+    pytest tests/integration/test_multiprocess.py        # ~45 s on 2 cores
+
+``torchrun --nproc_per_node 2 -m safeclip.cli train ...`` runs the real CLI; with
+``loss.gather_across_processes=true`` the losses and the updated LoRA weights match a 1-process run;
+without gathering the contrastive terms see half batches (another objective); a 2-process
+checkpoint resumes on 1 process and lands where the 1-process run does.
+"""
 
 import json
 import os
@@ -54,6 +62,10 @@ def test_two_processes_match_one_and_resume_on_one(tmp_path, tiny_clip_dir):
     # without gathering, each process's contrastive terms see only its half of the batch: a different objective
     launch(2, *common, "optim.epochs=1", "loss.gather_across_processes=false", f"run.out_dir={tmp_path / 'local'}", cwd=tmp_path)
     assert max_diff(lora(tmp_path / "one_e1", 1), lora(tmp_path / "local", 1)) > 5e-3
+    local_log = json.loads((tmp_path / "local" / "train_log.jsonl").read_text().splitlines()[0])
+    # logged terms are the mean over processes: the cosine means agree with one process, InfoNCE does not
+    assert local_log["preservation_cosine"] == pytest.approx(one_log[0]["preservation_cosine"], rel=1e-5)
+    assert local_log["preservation_contrastive"] != pytest.approx(one_log[0]["preservation_contrastive"], rel=1e-3)
     # the 2-process checkpoint resumes on 1 process and lands where the 1-process run did
     launch(1, *common, "optim.epochs=2", "run.resume=true", f"run.out_dir={tmp_path / 'two'}", cwd=tmp_path)
     assert max_diff(lora(tmp_path / "one", 2), lora(tmp_path / "two", 2)) < 2e-4
