@@ -30,6 +30,7 @@ import torch
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.config import load_config
 from safeclip.data import read_quadruplets
+from safeclip.data.quadruplets import read_rows
 from safeclip.eval.embed import embed_quadruplets
 from safeclip.eval.nsfw_retrieval import format_table as format_nsfw_table
 from safeclip.eval.nsfw_retrieval import nsfw_retrieval, write_nsfw_retrieval
@@ -67,8 +68,8 @@ def evaluate_models(models: dict[str, ClipBundle], records, *, batch_size: int =
 
 def found_image_retrieval(models: dict[str, ClipBundle], world: Path, records) -> dict:
     """Paper Table 3 in the world: unsafe test texts vs found unsafe images + safe distractors, and back."""
-    found = [json.loads(line) for line in (world / "found_unsafe.jsonl").read_text().splitlines()]
-    distractors = [json.loads(line) for line in (world / "distractors.jsonl").read_text().splitlines()]
+    found = read_rows(world / "found_unsafe.jsonl")
+    distractors = read_rows(world / "distractors.jsonl")
     return {label: nsfw_retrieval(
         bundle, unsafe_texts=[r.unsafe_text for r in records],
         unsafe_images={"found_unsafe": [world / f["unsafe_image"] for f in found]},

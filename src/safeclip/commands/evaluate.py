@@ -101,11 +101,11 @@ def _unsafe_source(spec: str) -> tuple[str, list[Path]]:
         if not images:
             raise FileNotFoundError(f"{path} holds no .png/.jpg/.jpeg/.webp images")
         return path.name, images
-    from safeclip.data.quadruplets import _read_rows
+    from safeclip.data.quadruplets import read_rows
 
     if not path.is_file():
         raise FileNotFoundError(f"unsafe image source {path} does not exist (a JSONL with unsafe_image, or a folder)")
-    rows = _read_rows(path)
+    rows = read_rows(path)
     if not rows or "unsafe_image" not in rows[0]:
         raise ValueError(f"{path}: column unsafe_image missing")
     return path.stem, [path.parent / r["unsafe_image"] for r in rows]
@@ -113,7 +113,7 @@ def _unsafe_source(spec: str) -> tuple[str, list[Path]]:
 
 def run_nsfw_retrieval(args: argparse.Namespace) -> int:
     from safeclip.data import read_quadruplets
-    from safeclip.data.quadruplets import _read_rows
+    from safeclip.data.quadruplets import read_rows
     from safeclip.eval.nsfw_retrieval import format_table, nsfw_retrieval, write_nsfw_retrieval
     from safeclip.models.resolve import resolve_model
 
@@ -125,7 +125,7 @@ def run_nsfw_retrieval(args: argparse.Namespace) -> int:
     distractor_path = Path(args.distractors)
     if not distractor_path.is_file():
         raise FileNotFoundError(f"distractor file {distractor_path} does not exist")
-    distractors = _read_rows(distractor_path)
+    distractors = read_rows(distractor_path)
     missing = {"safe_image", "safe_text"} - set(distractors[0]) if distractors else {"safe_image", "safe_text"}
     if missing:
         raise ValueError(f"{distractor_path}: column(s) {', '.join(sorted(missing))} missing")

@@ -100,7 +100,7 @@ def _load_json(path: Path):
         raise DataError(f"{path} is not valid JSON ({err}); expected ViSU JSON or a JSON list of rows") from err
 
 
-def _read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
     """Rows of a JSONL, CSV, JSON list or JSON object-of-rows file, in order."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
@@ -232,7 +232,7 @@ def read_quadruplets(
     fmt = detect_format(path) if fmt == "auto" else fmt
     if fmt not in {"visu", "visu-text", "table"}:
         raise DataError(f"unknown dataset format '{fmt}': use auto, visu, visu-text or table")
-    rows = _read_rows(path)
+    rows = read_rows(path)
     required = {"table": ("safe_text",), "visu": ("coco_id", "safe", "nsfw", "nsfw_im_path", "tag"),
                 "visu-text": ("safe", "nsfw")}[fmt]
     _require_columns(path, rows, required, fmt)

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPModel
 
 from safeclip.checkpoint import write_folder_atomic, write_json_atomic
+from safeclip.data.quadruplets import read_rows
 from safeclip.models.clip import quiet_image_processor_warning, tiny_clip_config, tiny_image_processor
 from safeclip.models.tokenizer import train_clip_tokenizer
 from safeclip.world.scenes import IMAGE_SIZE
@@ -59,10 +60,6 @@ def _pixel_tensor(paths: list[Path], image_processor) -> torch.Tensor:
     return (pixels - mean) / std
 
 
-def _read_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def clip_loss(text: torch.Tensor, image: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Symmetric InfoNCE of CLIP over aligned ``(B, D)`` text and image embeddings."""
     logits = logit_scale.exp().clamp(max=100) * F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T
@@ -84,7 +81,7 @@ def pretrain_base(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *, s
     rng = np.random.default_rng(settings.seed)
     started = time.perf_counter()
 
-    rows = _read_rows(world / "train.jsonl")
+    rows = read_rows(world / "train.jsonl")
     tokenizer = train_clip_tokenizer([r["safe_text"] for r in rows] + [r["unsafe_text"] for r in rows],
                                      vocab_size=settings.vocab_size, model_max_length=settings.max_text_length)
     image_processor = tiny_image_processor(IMAGE_SIZE)
