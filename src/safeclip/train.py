@@ -1,7 +1,8 @@
 """The Safe-CLIP training loop (paper Sec. 3.2 and 4.1), readable top to bottom.
 
     safeclip train --config configs/tiny.yaml data.train=world/train.jsonl data.val=world/val.jsonl
-    accelerate launch --num_processes 2 -m safeclip.cli train --config ...   # data parallel
+    accelerate launch --num_processes 2 -m safeclip.cli train --config ...   # data parallel on 2 GPUs
+    torchrun --nproc_per_node 2 -m safeclip.cli train --config ...            # on CPUs too (gloo)
 
 Both encoders get LoRA adapters (peft); the frozen references T0 / V0 are the same encoders with
 the adapters switched off, so they cannot move. Each optimizer step computes the four loss terms
