@@ -1,0 +1,93 @@
+"""One small interface for every way of making a CLIP safe, and a registry of them by name.
+
+    from safeclip.methods import MethodInputs, Budget, get_method, METHOD_NAMES
+    inputs = MethodInputs(base="demo/base", train="demo/world/train.jsonl", val="demo/world/val.jsonl",
+                          out_dir="compare/methods/uwm", seed=0, budget=Budget(epochs=3))
+    bundle = get_method("uwm")(inputs)        # a ClipBundle: the safe model (LoRA adapters or edited weights)
+
+A method takes a base model (a CLIP folder or hub id), quadruplet data (the project's table formats:
+``safe_text, unsafe_text, safe_image, unsafe_image``) and a budget, writes what it produced under
+``out_dir`` (adapters, an edit, a run folder; rerunning with a finished ``out_dir`` reuses it) and
+returns the safe :class:`~safeclip.models.clip.ClipBundle`. Methods:
+
+- ``safe-clip``: the paper's fine-tuning (``safeclip.train``), :mod:`safeclip.methods.safe_clip`
+- ``safer-clip``: SafeR-CLIP's proximity targets + relative redirection + curriculum, :mod:`safeclip.methods.safer_clip`
+- ``uwm``: training-free Unsafe Weights Manipulation (a reversible weight edit), :mod:`safeclip.methods.uwm`
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from safeclip.models.clip import ClipBundle
+
+# name -> "module:function"; imported lazily so listing names stays cheap.
+METHODS: dict[str, str] = {
+    "safe-clip": "safeclip.methods.safe_clip:run_safe_clip",
+    "safer-clip": "safeclip.methods.safer_clip:run_safer_clip",
+    "uwm": "safeclip.methods.uwm:run_uwm",
+}
+METHOD_NAMES = tuple(METHODS)
+
+
+@dataclass
+class Budget:
+    """What every trained method gets, so that a comparison is fair (training-free methods ignore most of it)."""
+
+    epochs: int = 3  # passes over the training quadruplets
+    batch_size: int = 128  # quadruplets per optimizer step
+    max_rows: int = 0  # use only the first N training rows (0: all)
+    calibration_rows: int = 1024  # UWM: (safe, unsafe) tuples used for calibration (paper: ~8k)
+
+
+@dataclass
+class MethodInputs:
+    """Everything a method needs: base model, data, output folder, seed, budget and free-form overrides."""
+
+    base: str | os.PathLike  # CLIP folder or hub id
+    train: str | os.PathLike  # training quadruplets (JSONL/CSV/ViSU)
+    out_dir: str | os.PathLike  # the method's own folder
+    val: str | os.PathLike | None = None  # validation quadruplets (used by safe-clip for model selection)
+    seed: int = 0
+    budget: Budget = field(default_factory=Budget)
+    overrides: list[str] = field(default_factory=list)  # method-specific "key=value" settings
+    progress: bool = True
+
+    @property
+    def out(self) -> Path:
+        return Path(self.out_dir)
+
+
+Method = Callable[[MethodInputs], ClipBundle]
+
+
+def get_method(name: str) -> Method:
+    """The method registered as ``name``; an unknown name raises ValueError listing the known ones."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHOD_NAMES)}")
+    module, function = METHODS[name].split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def parse_method_overrides(overrides: list[str], cls: type):
+    """A ``cls`` dataclass (flat, with defaults) with ``key=value`` overrides applied (typed like the default)."""
+    from dataclasses import fields
+
+    known = {f.name: f for f in fields(cls)}
+    values = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in known:
+            raise ValueError(f"bad setting {item!r} for {cls.__name__}; use key=value with key one of: {', '.join(known)}")
+        default = known[key].default
+        if isinstance(default, bool):
+            values[key] = raw.lower() in {"1", "true", "yes"}
+        elif isinstance(default, (int, float, str)):
+            values[key] = type(default)(raw)
+        else:
+            values[key] = raw
+    return cls(**values)

@@ -1,0 +1,36 @@
+"""``safe-clip`` behind the methods interface: the paper's fine-tuning (``safeclip.train``) with a recipe.
+
+    from safeclip.methods import MethodInputs, get_method
+    bundle = get_method("safe-clip")(MethodInputs(base="demo/base", train="w/train.jsonl", val="w/val.jsonl",
+                                                  out_dir="compare/methods/safe-clip"))
+
+The recipe is ``recipes/demo.yaml`` (the settings measured on the offline world); ``inputs.overrides``
+are dotted config overrides on top (e.g. ``loss.temperature=0.01`` and ``--config`` style values for
+ViT-L/14; see ``configs/vit-l-14_safe-clip.yaml``). The run folder is ``out_dir/run`` (resumable, reused
+once ``summary.json`` exists); the result is the base model with the best LoRA adapters applied.
+"""
+
+from __future__ import annotations
+
+from safeclip.config import load_config
+from safeclip.methods.base import MethodInputs
+from safeclip.models.clip import ClipBundle
+from safeclip.models.resolve import resolve_model
+
+
+def run_safe_clip(inputs: MethodInputs) -> ClipBundle:
+    from safeclip.demo import demo_config_path
+    from safeclip.train import train
+
+    run_dir = inputs.out / "run"
+    if not (run_dir / "summary.json").is_file():
+        budget = inputs.budget
+        overrides = [f"model.name={inputs.base}", f"data.train={inputs.train}", f"run.out_dir={run_dir}",
+                     f"run.seed={inputs.seed}", f"run.progress={str(inputs.progress).lower()}",
+                     f"run.resume={str((run_dir / 'checkpoints').exists()).lower()}",
+                     f"optim.epochs={budget.epochs}", f"data.batch_size={budget.batch_size}",
+                     f"data.max_rows={budget.max_rows}"]
+        if inputs.val:
+            overrides.append(f"data.val={inputs.val}")
+        train(load_config(demo_config_path(), overrides + list(inputs.overrides)))
+    return resolve_model(run_dir)

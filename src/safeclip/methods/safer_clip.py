@@ -1,0 +1,259 @@
+"""``safer-clip``: SafeR-CLIP (AAAI 2026; no public code) behind the methods interface, a compact loop.
+
+    from safeclip.methods import MethodInputs, get_method
+    bundle = get_method("safer-clip")(MethodInputs(base="demo/base", train="w/train.jsonl", out_dir="m/safer-clip",
+                                                   overrides=["relative_scale=10", "curriculum=true"]))
+
+What it does (facts: ``/work/shared/notes/peers.md``), with T, V the LoRA-tuned encoders and T0, V0
+the frozen base encoders:
+
+1. Proximity-based targets, computed once over the training set and cached in ``out_dir/targets.safetensors``
+   (with the frozen embeddings they come from): t^_i = argmax_j cos(T0(t*_i), T0(t_j)) over the safe
+   captions, and v^_i = argmax_j cos(V0(v*_i), V0(v_j)) over the safe images (``image_target=nearest``;
+   ``image_target=paired`` takes the image paired with t^_i instead). They replace the fixed ViSU partner.
+2. Relative cross-modal redirection, the sample's own unsafe item the only negative:
+   image side mean softplus(s * (cos(V(v*_i), T0(t*_i)) - cos(V(v*_i), T0(t^_i)))), text side
+   mean softplus(s * (cos(T(t*_i), V0(v*_i)) - cos(T(t*_i), V0(v^_i)))).
+3. Unimodal redirection: -cos(T(t*_i), T0(t^_i)) - cos(V(v*_i), V0(v^_i)).
+4. Safe-CLIP-style preservation on the safe pair: Eq. 6 (cosine to T0(t), V0(v)) and Eq. 7 (InfoNCE
+   between T(t) and V0(v), and between T0(t) and V(v)), from :mod:`safeclip.losses`.
+5. Three-stage curriculum by pair similarity sim_i = cos(T0(t_i), T0(t*_i)) (``curriculum_by``): the
+   pairs are split into tertiles; the most similar third (the smallest shift to undo) is "easy". Epoch
+   stage = floor(3 e / E), with the last epoch always on every pair: E=3 gives easy / easy+medium / all.
+
+Choices the paper leaves open (each a field of :class:`SaferClipConfig`): the softplus scale s (10:
+cosine differences live in [-2, 2], and softplus of raw differences is nearly linear), the image target
+rule, the similarity used for the curriculum and which end is easy, the loss weights, and whether a
+sample may be its own target (``exclude_own_pair``). The paper's ViT-L/14 recipe is LoRA r=16, Adam
+lr 1e-4, batch 48, 9 epochs; the defaults here are sized for the offline world's small base (lr 1e-3,
+the budget's epochs and batch), like ``recipes/demo.yaml`` for Safe-CLIP.
+
+Writes ``out_dir/adapters/`` (LoRA, safetensors), ``train_log.jsonl``, ``config.json`` and, last,
+``summary.json`` (its presence means done: a rerun loads the adapters instead of training).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from safeclip.checkpoint import write_json_atomic
+from safeclip.data import read_quadruplets
+from safeclip.data.loader import QuadrupletCollator, QuadrupletDataset
+from safeclip.data.quadruplets import MODALITIES
+from safeclip.eval.embed import embed_quadruplets
+from safeclip.losses import cosine_matrix, preservation_contrastive_loss, preservation_cosine_loss
+from safeclip.methods.base import MethodInputs, parse_method_overrides
+from safeclip.models.clip import ClipBundle, encode_pixel_batch, encode_token_batch, load_clip
+from safeclip.models.lora import add_lora, apply_adapters, lora_config, save_adapters
+
+
+@dataclass
+class SaferClipConfig:
+    """SafeR-CLIP settings (``key=value`` overrides in ``MethodInputs.overrides``)."""
+
+    lr: float = 1e-3  # Adam learning rate (paper, ViT-L/14: 1e-4)
+    lora_r: int = 16  # LoRA rank on both encoders (paper: 16)
+    lora_alpha: float = 16.0  # LoRA alpha
+    target_modules: str = "k_proj,v_proj,out_proj,fc1,fc2,patch_embedding"  # comma-separated LoRA targets
+    relative_scale: float = 10.0  # s in softplus(s * (cos to own unsafe - cos to proximity target))
+    relative_weight: float = 1.0  # weight of the relative cross-modal redirection (both sides)
+    unimodal_weight: float = 0.6  # weight of the unimodal redirection (both sides)
+    preservation_cosine: float = 0.5  # weight of Eq. 6 on the safe pair (as recipes/demo.yaml)
+    preservation_contrastive: float = 3.0  # weight of Eq. 7 on the safe pair (as recipes/demo.yaml)
+    temperature: float = 0.05  # InfoNCE temperature of Eq. 7 (the world's base has logit scale ~17)
+    image_target: str = "nearest"  # v^: "nearest" safe image by V0, or "paired" = the image of t^'s pair
+    exclude_own_pair: bool = False  # forbid t^_i = t_i / v^_i = v_i (the nearest neighbour is often the own pair)
+    curriculum: bool = True  # three-stage curriculum; false: every pair every epoch
+    curriculum_by: str = "text"  # pair similarity for the buckets: "text" (T0), "image" (V0) or "both" (mean)
+    easy: str = "similar"  # which end is easy: "similar" pairs (small shift) or "dissimilar" ones
+    log_every: int = 5  # write train_log.jsonl every N steps
+
+    def validate(self) -> SaferClipConfig:
+        if self.image_target not in {"nearest", "paired"}:
+            raise ValueError("safer-clip image_target must be 'nearest' or 'paired'")
+        if self.curriculum_by not in {"text", "image", "both"}:
+            raise ValueError("safer-clip curriculum_by must be 'text', 'image' or 'both'")
+        if self.easy not in {"similar", "dissimilar"}:
+            raise ValueError("safer-clip easy must be 'similar' or 'dissimilar'")
+        if self.lr <= 0 or self.lora_r <= 0 or self.relative_scale <= 0 or self.temperature <= 0:
+            raise ValueError("safer-clip lr, lora_r, relative_scale and temperature must be > 0")
+        return self
+
+
+# ----------------------------------------------------------------------------- proximity targets
+
+
+def proximity_targets(unsafe_ref: torch.Tensor, safe_ref: torch.Tensor, *, exclude_own_pair: bool = False) -> torch.Tensor:
+    """t^ / v^ indices ``(N,)``: for each unsafe ``(N, D)`` row the most cosine-similar safe ``(M, D)`` row.
+
+    With ``exclude_own_pair`` (needs M == N, row i of both from quadruplet i) the own pair i is not
+    eligible. Ties go to the lowest index.
+    """
+    sims = cosine_matrix(unsafe_ref, safe_ref)  # (N, M)
+    if exclude_own_pair:
+        if sims.shape[0] != sims.shape[1] or sims.shape[0] < 2:
+            raise ValueError("exclude_own_pair needs aligned unsafe and safe rows (N == M >= 2)")
+        sims.fill_diagonal_(-float("inf"))
+    return sims.argmax(dim=1)
+
+
+def curriculum_buckets(similarity: torch.Tensor, *, easy: str = "similar") -> torch.Tensor:
+    """Stage ``(N,)`` in {0 easy, 1 medium, 2 hard} by tertile of the pair similarity ``(N,)``."""
+    order = torch.argsort(similarity, descending=(easy == "similar"), stable=True)
+    stage = torch.empty_like(order)
+    stage[order] = torch.arange(len(order)) * 3 // max(len(order), 1)
+    return stage
+
+
+def epoch_stage(epoch: int, epochs: int) -> int:
+    """Curriculum stage of ``epoch`` (0-based) out of ``epochs``: floor(3e/E), the last epoch always 2."""
+    return 2 if epoch >= epochs - 1 else min(2, 3 * epoch // epochs)
+
+
+# ----------------------------------------------------------------------------- losses
+
+
+def relative_redirection(query: torch.Tensor, own_unsafe_ref: torch.Tensor, target_ref: torch.Tensor,
+                         scale: float) -> torch.Tensor:
+    """mean softplus(scale * (cos(q_i, own_unsafe_i) - cos(q_i, target_i))) over aligned ``(B, D)`` rows."""
+    neg = F.cosine_similarity(query.float(), own_unsafe_ref.float(), dim=-1)
+    pos = F.cosine_similarity(query.float(), target_ref.float(), dim=-1)
+    return F.softplus(scale * (neg - pos)).mean()
+
+
+def safer_clip_terms(*, text_safe, text_unsafe, image_safe, image_unsafe, ref: dict[str, torch.Tensor],
+                     cfg: SaferClipConfig) -> dict[str, torch.Tensor]:
+    """Named loss terms and their weighted ``"total"`` for one batch.
+
+    Trainable embeddings ``(B, D)``: T(t), T(t*), V(v), V(v*). ``ref`` holds the frozen ``(B, D)`` rows:
+    ``text_safe`` T0(t), ``image_safe`` V0(v), ``text_unsafe`` T0(t*), ``image_unsafe`` V0(v*),
+    ``text_target`` T0(t^), ``image_target`` V0(v^).
+    """
+    terms = {
+        "relative": relative_redirection(image_unsafe, ref["text_unsafe"], ref["text_target"], cfg.relative_scale)
+        + relative_redirection(text_unsafe, ref["image_unsafe"], ref["image_target"], cfg.relative_scale),
+        "unimodal": -F.cosine_similarity(text_unsafe.float(), ref["text_target"].float(), dim=-1).mean()
+        - F.cosine_similarity(image_unsafe.float(), ref["image_target"].float(), dim=-1).mean(),
+        "preservation_cosine": preservation_cosine_loss(text_safe, ref["text_safe"], image_safe, ref["image_safe"]),
+        "preservation_contrastive": preservation_contrastive_loss(text_safe, ref["image_safe"], image_safe,
+                                                                  ref["text_safe"], cfg.temperature),
+    }
+    weights = {"relative": cfg.relative_weight, "unimodal": cfg.unimodal_weight,
+               "preservation_cosine": cfg.preservation_cosine, "preservation_contrastive": cfg.preservation_contrastive}
+    terms["total"] = sum(weights[k] * terms[k] for k in weights)
+    return terms
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def load_or_compute_targets(bundle: ClipBundle, dataset: QuadrupletDataset, cfg: SaferClipConfig, out: Path,
+                            *, progress: bool) -> dict[str, torch.Tensor]:
+    """Frozen embeddings of the four modalities, t^/v^ indices and pair similarity (cached in ``out``)."""
+    path, meta_path = out / "targets.safetensors", out / "targets.json"
+    key = {"base": bundle.name, "rows": len(dataset), "ids": [r.id for r in dataset.records[:3]],
+           "image_target": cfg.image_target, "exclude_own_pair": cfg.exclude_own_pair, "curriculum_by": cfg.curriculum_by}
+    if path.is_file() and meta_path.is_file() and json.loads(meta_path.read_text()) == key:
+        return load_file(path)
+    emb = embed_quadruplets(bundle.text, bundle.vision, bundle.tokenizer, bundle.image_processor, dataset.records,
+                            modalities=MODALITIES, dataset=dataset, progress=progress)
+    text_target = proximity_targets(emb["unsafe_text"], emb["safe_text"], exclude_own_pair=cfg.exclude_own_pair)
+    if cfg.image_target == "nearest":
+        image_target = proximity_targets(emb["unsafe_image"], emb["safe_image"], exclude_own_pair=cfg.exclude_own_pair)
+    else:
+        image_target = text_target.clone()
+    text_sim = F.cosine_similarity(emb["safe_text"], emb["unsafe_text"], dim=-1)
+    image_sim = F.cosine_similarity(emb["safe_image"], emb["unsafe_image"], dim=-1)
+    similarity = {"text": text_sim, "image": image_sim, "both": (text_sim + image_sim) / 2}[cfg.curriculum_by]
+    tensors = {**emb, "text_target": text_target, "image_target": image_target, "similarity": similarity.contiguous()}
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    write_json_atomic(meta_path, key)
+    return tensors
+
+
+def run_safer_clip(inputs: MethodInputs) -> ClipBundle:
+    """Train SafeR-CLIP LoRA adapters on ``inputs.train`` (or reuse them); returns the safe bundle."""
+    cfg = parse_method_overrides(inputs.overrides, SaferClipConfig).validate()
+    out, budget = inputs.out, inputs.budget
+    if (out / "summary.json").is_file():
+        return apply_adapters(load_clip(inputs.base), out / "adapters")
+    started = time.perf_counter()
+    torch.manual_seed(inputs.seed)
+    bundle = load_clip(inputs.base)
+    records, report = read_quadruplets(Path(inputs.train))
+    if budget.max_rows:
+        records = records[: budget.max_rows]
+    missing = [m for m in MODALITIES if m not in report.modalities]
+    if missing:
+        raise ValueError(f"safer-clip needs all four modalities in {inputs.train}; missing: {', '.join(missing)}")
+    dataset = QuadrupletDataset(records, bundle.image_processor, MODALITIES, cache_images=True)
+    ref = load_or_compute_targets(bundle, dataset, cfg, out, progress=inputs.progress)
+    stage = curriculum_buckets(ref["similarity"], easy=cfg.easy) if cfg.curriculum else torch.zeros(len(records), dtype=torch.long)
+
+    bundle.text.requires_grad_(False)
+    bundle.vision.requires_grad_(False)
+    targets = [m.strip() for m in cfg.target_modules.split(",") if m.strip()]
+    text = add_lora(bundle.text, lora_config(cfg.lora_r, cfg.lora_alpha, 0.0, targets))
+    vision = add_lora(bundle.vision, lora_config(cfg.lora_r, cfg.lora_alpha, 0.0, targets))
+    params = [p for m in (text, vision) for p in m.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    collate = QuadrupletCollator(bundle.tokenizer)
+    generator = torch.Generator().manual_seed(inputs.seed)
+
+    epochs = budget.epochs
+    plan = [(e, (stage <= (epoch_stage(e, epochs) if cfg.curriculum else 2)).nonzero().flatten().tolist()) for e in range(epochs)]
+    total = sum(math.floor(len(idx) / budget.batch_size) or 1 for _, idx in plan)
+    log, step = [], 0
+    text.train()
+    vision.train()
+    with tqdm(total=total, desc="safer-clip", disable=not inputs.progress) as bar:
+        for epoch, indices in plan:
+            loader = DataLoader(Subset(dataset, indices), batch_size=min(budget.batch_size, len(indices)), shuffle=True,
+                                drop_last=True, collate_fn=collate, generator=generator)
+            for batch in loader:
+                b = batch["index"]
+                frozen = {"text_safe": ref["safe_text"][b], "image_safe": ref["safe_image"][b],
+                          "text_unsafe": ref["unsafe_text"][b], "image_unsafe": ref["unsafe_image"][b],
+                          "text_target": ref["safe_text"][ref["text_target"][b]],
+                          "image_target": ref["safe_image"][ref["image_target"][b]]}
+                n = len(b)
+                ids = torch.cat([batch["safe_input_ids"], batch["unsafe_input_ids"]])
+                mask = torch.cat([batch["safe_attention_mask"], batch["unsafe_attention_mask"]])
+                text_emb = encode_token_batch(text, ids, mask)  # (2B, D): safe then unsafe
+                image_emb = encode_pixel_batch(vision, torch.cat([batch["safe_pixels"], batch["unsafe_pixels"]]))
+                terms = safer_clip_terms(text_safe=text_emb[:n], text_unsafe=text_emb[n:], image_safe=image_emb[:n],
+                                         image_unsafe=image_emb[n:], ref=frozen, cfg=cfg)
+                optimizer.zero_grad(set_to_none=True)
+                terms["total"].backward()
+                optimizer.step()
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{terms['total'].item():.3f}", stage=epoch_stage(epoch, epochs))
+                if step % cfg.log_every == 0 or step == 1:
+                    log.append({"epoch": epoch, "step": step, "stage": epoch_stage(epoch, epochs) if cfg.curriculum else 2,
+                                **{k: float(v.detach()) for k, v in terms.items()}})
+    text.eval()
+    vision.eval()
+    bundle.text, bundle.vision = text, vision
+    save_adapters(bundle, out / "adapters")
+    (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
+    write_json_atomic(out / "config.json", {"config": asdict(cfg), "budget": asdict(budget), "seed": inputs.seed,
+                                            "base": str(inputs.base), "train": str(inputs.train)})
+    write_json_atomic(out / "summary.json", {"steps": step, "epochs": epochs, "seconds": time.perf_counter() - started,
+                                             "final_loss": log[-1]["total"] if log else None,
+                                             "stage_sizes": [int((stage == s).sum()) for s in range(3)]})
+    return bundle
+
+
+SAFER_CLIP_FIELDS = tuple(f.name for f in fields(SaferClipConfig))

@@ -1,0 +1,288 @@
+"""``uwm``: Unsafe Weights Manipulation (training-free) as a reversible weight edit.
+
+    from safeclip.methods import MethodInputs, get_method
+    bundle = get_method("uwm")(MethodInputs(base="demo/base", train="w/train.jsonl", out_dir="m/uwm"))
+    # or by hand:
+    scores = calibrate(bundle, records, UwmConfig())     # {"text.<module>": (d_out, d_in) score, ...}
+    edit = select_edit(bundle, scores, UwmConfig())      # which weights, and their original values
+    edit.apply(bundle); edit.undo(bundle)                # undo restores the exact (bit-identical) weights
+
+Steps (facts: ``/work/shared/notes/peers.md``; the authors' code is github.com/Moreno98/UWM):
+
+1. Calibration on (safe, unsafe) pairs of the training data (paper: ~8k ViSU tuples; here the budget's
+   ``calibration_rows``): texts t / t* through the text encoder, images v / v* through the vision encoder.
+2. Forward hooks capture the input X ``(B, L, d_in)`` of every text attention ``out_proj`` and every vision
+   MLP ``fc2``. Per sample: n_j = L2 norm of X[:, j] over the valid tokens (text: attention mask; vision:
+   every token) and s_j = its standard deviation over those tokens.
+3. Saliency of W ``(d_out, d_in)`` for one sample: with A_ij = n_j |W_ij|, the output saliency
+   o_i = mean_j A_ij and the input saliency u_j = mean_i A_ij; S_ij = o_i u_j / s_j.
+4. Score = mean over the calibration pairs of S(unsafe) / S(safe), computed pair by pair (sample i of
+   the unsafe half against sample i of the safe half); on the text side it is also multiplied by |W|.
+   The ratio factorises, so the batch mean is one ``(d_out, d_in)`` matrix product, no per-sample tensor.
+5. Adaptive selection, per layer: normalise the scores to sum 1, sort ascending, cumulative sum; every
+   weight past ``sparsity`` (0.98: the top 2% of the score mass) is selected.
+6. The selected weights are multiplied by ``alpha`` (-1: negation, UWM; 0: the pruning baseline).
+
+The edit keeps each selected weight's flat index and original value (``edit.safetensors``), so
+:meth:`WeightEdit.undo` writes the exact original numbers back, and :meth:`WeightEdit.apply` refuses a
+base model whose weights differ from the ones calibrated. Output: ``out_dir/edit.safetensors``,
+``out_dir/uwm.json`` (config, per-layer counts); a rerun loads the edit instead of calibrating again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from safeclip.checkpoint import write_json_atomic
+from safeclip.data import read_quadruplets
+from safeclip.data.loader import QuadrupletCollator, QuadrupletDataset
+from safeclip.data.quadruplets import MODALITIES
+from safeclip.methods.base import MethodInputs, parse_method_overrides
+from safeclip.models.clip import ClipBundle, load_clip
+
+EPS = 1e-8
+
+
+@dataclass
+class UwmConfig:
+    """UWM settings (``key=value`` overrides in ``MethodInputs.overrides``)."""
+
+    sparsity: float = 0.98  # select the weights past this cumulative share of the score mass (paper: 0.98)
+    alpha: float = -1.0  # selected weights are multiplied by alpha: -1 negation (UWM), 0 pruning
+    text_layers: str = "out_proj"  # text-encoder Linear names whose inputs are scored (comma-separated)
+    vision_layers: str = "fc2"  # vision-encoder Linear names whose inputs are scored (comma-separated)
+    edit_text: bool = True  # edit the text encoder
+    edit_vision: bool = True  # edit the vision encoder
+    batch_size: int = 64  # calibration pairs per forward pass
+
+    def validate(self) -> UwmConfig:
+        if not 0.0 < self.sparsity < 1.0:
+            raise ValueError("uwm sparsity must lie in (0, 1) (paper: 0.98)")
+        if not (self.edit_text or self.edit_vision):
+            raise ValueError("uwm: at least one of edit_text / edit_vision must be true")
+        return self
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def token_statistics(x: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample, per-input-dim L2 norm and std over valid tokens: ``x (B, L, d)`` -> two ``(B, d)``."""
+    x = x.float()
+    if mask is None:
+        return x.norm(dim=1), x.std(dim=1)
+    m = mask.to(x.dtype).unsqueeze(-1)  # (B, L, 1)
+    count = m.sum(1).clamp(min=1)  # (B, 1)
+    norm = (x.pow(2) * m).sum(1).sqrt()
+    mean = (x * m).sum(1) / count
+    var = ((x - mean.unsqueeze(1)).pow(2) * m).sum(1) / (count - 1).clamp(min=1)
+    return norm, var.sqrt()
+
+
+def saliency_factors(weight_abs: torch.Tensor, norm: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Factors of S_ij = o_i * u_j / s_j for each sample: ``(B, d_out)`` and ``(B, d_in)``.
+
+    A_ij = n_j |W_ij|; o_i = mean_j A_ij = (n @ |W|^T)_i / d_in; u_j = n_j mean_i |W_ij|.
+    """
+    out_sal = norm @ weight_abs.T / weight_abs.shape[1]  # (B, d_out)
+    in_sal = norm * weight_abs.mean(0)  # (B, d_in)
+    return out_sal, in_sal / (std + EPS)
+
+
+def pair_score(weight: torch.Tensor, safe: tuple[torch.Tensor, torch.Tensor], unsafe: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Sum over pairs b of S_b(unsafe) / S_b(safe): ``(d_out, d_in)``; ``safe``/``unsafe`` = (norm, std) ``(B, d_in)``."""
+    w = weight.detach().float().abs()
+    o_s, u_s = saliency_factors(w, *safe)
+    o_u, u_u = saliency_factors(w, *unsafe)
+    return (o_u / (o_s + EPS)).T @ (u_u / (u_s + EPS))  # sum_b outer(o ratio, u ratio)
+
+
+def _linears(encoder: torch.nn.Module, names: str) -> dict[str, torch.nn.Linear]:
+    wanted = {n.strip() for n in names.split(",") if n.strip()}
+    found = {name: mod for name, mod in encoder.named_modules()
+             if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in wanted}
+    if not found:
+        raise ValueError(f"no Linear layers named {sorted(wanted)} in {type(encoder).__name__}; "
+                         "check uwm text_layers / vision_layers")
+    return found
+
+
+@contextlib.contextmanager
+def capture_inputs(layers: dict[str, torch.nn.Linear]):
+    """Record each layer's input tensor (the last forward pass) in the yielded dict."""
+    seen: dict[str, torch.Tensor] = {}
+    handles = [mod.register_forward_hook(lambda m, inp, out, name=name: seen.__setitem__(name, inp[0].detach()))
+               for name, mod in layers.items()]
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@torch.no_grad()
+def calibrate(bundle: ClipBundle, records, cfg: UwmConfig, *, progress: bool = False) -> dict[str, torch.Tensor]:
+    """Scores ``{"text.<module>" | "vision.<module>": (d_out, d_in)}`` from (safe, unsafe) pairs of ``records``."""
+    sides = [s for s, on in (("text", cfg.edit_text), ("vision", cfg.edit_vision)) if on]
+    layers = {"text": _linears(bundle.text, cfg.text_layers) if cfg.edit_text else {},
+              "vision": _linears(bundle.vision, cfg.vision_layers) if cfg.edit_vision else {}}
+    modalities = [m for m in MODALITIES if (m.endswith("text") and cfg.edit_text) or (m.endswith("image") and cfg.edit_vision)]
+    dataset = QuadrupletDataset(records, bundle.image_processor, modalities)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=QuadrupletCollator(bundle.tokenizer))
+    sums = {f"{side}.{name}": torch.zeros_like(mod.weight, dtype=torch.float32)
+            for side in sides for name, mod in layers[side].items()}
+    count = 0
+    bundle.text.eval()
+    bundle.vision.eval()
+    for batch in tqdm(loader, desc="uwm calibration", disable=not progress):
+        for side in sides:
+            stats = {}
+            for half in ("safe", "unsafe"):
+                with capture_inputs(layers[side]) as seen:
+                    if side == "text":
+                        mask = batch[f"{half}_attention_mask"]
+                        bundle.text(input_ids=batch[f"{half}_input_ids"], attention_mask=mask)
+                    else:
+                        mask = None
+                        bundle.vision(pixel_values=batch[f"{half}_pixels"])
+                stats[half] = {name: token_statistics(x, mask) for name, x in seen.items()}
+            for name, mod in layers[side].items():
+                sums[f"{side}.{name}"] += pair_score(mod.weight, stats["safe"][name], stats["unsafe"][name])
+        count += len(batch["index"])
+    scores = {}
+    for key, total in sums.items():
+        side, name = key.split(".", 1)
+        score = total / max(count, 1)
+        if side == "text":  # the text side also weighs by |W| (the authors' text scorer)
+            score = score * layers[side][name].weight.detach().float().abs()
+        scores[key] = score
+    return scores
+
+
+def select_by_mass(score: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """Flat indices of the weights past ``sparsity`` of the cumulative (ascending) normalised score mass."""
+    flat = score.flatten().double()
+    total = flat.sum()
+    if not torch.isfinite(total) or total <= 0:
+        raise ValueError("uwm scores must be finite and positive; the calibration data may be degenerate")
+    values, order = torch.sort(flat / total)
+    return order[torch.cumsum(values, 0) > sparsity].sort().values
+
+
+# ----------------------------------------------------------------------------- the edit
+
+
+def _module(bundle: ClipBundle, key: str) -> torch.nn.Linear:
+    side, name = key.split(".", 1)
+    return (bundle.text if side == "text" else bundle.vision).get_submodule(name)
+
+
+@dataclass
+class WeightEdit:
+    """Selected weights per layer (flat indices), their original values and the factor applied."""
+
+    index: dict[str, torch.Tensor]
+    original: dict[str, torch.Tensor]
+    alpha: float = -1.0
+    applied: bool = field(default=False, compare=False)
+
+    @torch.no_grad()
+    def apply(self, bundle: ClipBundle) -> ClipBundle:
+        """Multiply the selected weights by ``alpha`` in place; the base must hold the calibrated values."""
+        if self.applied:
+            raise ValueError("this UWM edit is already applied; undo it first")
+        for key, idx in self.index.items():
+            flat = _module(bundle, key).weight.view(-1)
+            if not torch.equal(flat[idx], self.original[key].to(flat.dtype)):
+                raise ValueError(f"UWM edit of {key} was computed for other weights: load the base model it was "
+                                 "calibrated on (or rerun the calibration)")
+            flat[idx] = self.original[key].to(flat.dtype) * self.alpha
+        self.applied = True
+        return bundle
+
+    @torch.no_grad()
+    def undo(self, bundle: ClipBundle) -> ClipBundle:
+        """Write the original values back (bit-exact)."""
+        if not self.applied:
+            raise ValueError("this UWM edit is not applied; nothing to undo")
+        for key, idx in self.index.items():
+            _module(bundle, key).weight.view(-1)[idx] = self.original[key].to(_module(bundle, key).weight.dtype)
+        self.applied = False
+        return bundle
+
+    def counts(self) -> dict[str, int]:
+        return {k: int(v.numel()) for k, v in self.index.items()}
+
+    def save(self, path: str | Path) -> Path:
+        tensors = {f"{k}::index": v.contiguous() for k, v in self.index.items()}
+        tensors.update({f"{k}::original": v.contiguous() for k, v in self.original.items()})
+        save_file(tensors, str(path), metadata={"alpha": repr(self.alpha)})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> WeightEdit:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"UWM edit {path} does not exist; run the uwm method to create it")
+        with safe_open(str(path), "pt") as f:
+            alpha = float(f.metadata()["alpha"])
+        tensors = load_file(str(path))
+        keys = sorted({k.split("::")[0] for k in tensors})
+        return cls({k: tensors[f"{k}::index"] for k in keys}, {k: tensors[f"{k}::original"] for k in keys}, alpha)
+
+
+def select_edit(bundle: ClipBundle, scores: dict[str, torch.Tensor], cfg: UwmConfig) -> WeightEdit:
+    """The per-layer adaptive selection of :func:`select_by_mass` as a (not yet applied) :class:`WeightEdit`."""
+    index, original = {}, {}
+    for key, score in scores.items():
+        idx = select_by_mass(score, cfg.sparsity)
+        index[key] = idx
+        original[key] = _module(bundle, key).weight.detach().view(-1)[idx].clone()
+    return WeightEdit(index, original, cfg.alpha)
+
+
+def run_uwm(inputs: MethodInputs) -> ClipBundle:
+    """Calibrate on the training pairs, select and apply the edit (or reuse a saved one); returns the bundle."""
+    cfg = parse_method_overrides(inputs.overrides, UwmConfig).validate()
+    out = inputs.out
+    bundle = load_clip(inputs.base)
+    edit_path = out / "edit.safetensors"
+    if (out / "uwm.json").is_file() and edit_path.is_file():
+        return WeightEdit.load(edit_path).apply(bundle)
+    started = time.perf_counter()
+    records, report = read_quadruplets(Path(inputs.train))
+    missing = [m for m in MODALITIES if m not in report.modalities]
+    if missing:
+        raise ValueError(f"uwm calibration needs (safe, unsafe) pairs of both modalities in {inputs.train}; "
+                         f"missing: {', '.join(missing)}")
+    rows = inputs.budget.calibration_rows
+    if rows and rows < len(records):
+        records = random.Random(inputs.seed).sample(records, rows)
+    scores = calibrate(bundle, records, cfg, progress=inputs.progress)
+    edit = select_edit(bundle, scores, cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    edit.save(edit_path)
+    edit.apply(bundle)
+    counts = edit.counts()
+    sizes = {k: int(v.numel()) for k, v in scores.items()}
+    write_json_atomic(out / "uwm.json", {"config": asdict(cfg), "calibration_pairs": len(records), "seed": inputs.seed,
+                                         "base": str(inputs.base), "selected": counts,
+                                         "selected_share": {k: counts[k] / sizes[k] for k in counts},
+                                         "seconds": time.perf_counter() - started})
+    return bundle
+
+
+def uwm_summary(out_dir: str | Path) -> dict:
+    return json.loads((Path(out_dir) / "uwm.json").read_text())

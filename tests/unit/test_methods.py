@@ -1,0 +1,129 @@
+"""The methods interface: registry, SafeR-CLIP proximity targets and curriculum, UWM's reversible edit."""
+
+import pytest
+import torch
+
+from safeclip.data import read_quadruplets
+from safeclip.methods import Budget, MethodInputs, get_method
+from safeclip.methods.safer_clip import (SaferClipConfig, curriculum_buckets, epoch_stage, proximity_targets,
+                                         relative_redirection)
+from safeclip.methods.uwm import UwmConfig, WeightEdit, calibrate, select_by_mass, select_edit, token_statistics
+from safeclip.models.clip import encode_texts, load_clip
+from tests.fixtures import write_quadruplets
+
+
+def test_unknown_method_lists_the_known_ones():
+    with pytest.raises(ValueError, match="safe-clip, safer-clip, uwm"):
+        get_method("hysac")
+    assert callable(get_method("uwm"))
+
+
+def test_proximity_targets_on_hand_made_embeddings():
+    # Safe captions e1, e2, (e1+e3)/sqrt2. Unsafe 0 = e1 + 0.1 e3 -> nearest safe 0 (cos .995 vs .77);
+    # unsafe 1 = e2 + e3 -> safe 1 and 2 both cos .5; ties go to the lowest index: 1;
+    # unsafe 2 = e3 + 0.2 e1 -> safe 2 (cos .83) rather than safe 0 (.196).
+    safe = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+    unsafe = torch.tensor([[1.0, 0.0, 0.1], [0.0, 1.0, 1.0], [0.2, 0.0, 1.0]])
+    assert proximity_targets(unsafe, safe).tolist() == [0, 1, 2]
+    # Excluding the own pair: unsafe 0 -> safe 2 (cos .77 > 0), unsafe 1 -> safe 2 (.5 > 0),
+    # unsafe 2 -> safe 0 (.196 > 0).
+    assert proximity_targets(unsafe, safe, exclude_own_pair=True).tolist() == [2, 2, 0]
+    # Scale does not matter (cosine).
+    assert proximity_targets(unsafe * 5, safe * torch.tensor([[2.0], [3.0], [0.5]])).tolist() == [0, 1, 2]
+
+
+def test_curriculum_tertiles_and_stages():
+    sim = torch.tensor([0.1, 0.9, 0.5, 0.8, 0.2, 0.6])
+    # Most similar third (0.9, 0.8) easy, next (0.6, 0.5) medium, least (0.2, 0.1) hard.
+    assert curriculum_buckets(sim).tolist() == [2, 0, 1, 0, 2, 1]
+    assert curriculum_buckets(sim, easy="dissimilar").tolist() == [0, 2, 1, 2, 0, 1]
+    assert [epoch_stage(e, 3) for e in range(3)] == [0, 1, 2]
+    assert [epoch_stage(e, 9) for e in range(9)] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [epoch_stage(e, 2) for e in range(2)] == [0, 2] and epoch_stage(0, 1) == 2
+
+
+def test_relative_redirection_by_hand():
+    # q = e1; own unsafe e1 (cos 1), target e2 (cos 0): softplus(s * 1); reversed: softplus(-s).
+    q, e1, e2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert relative_redirection(q, e1, e2, 2.0).item() == pytest.approx(torch.nn.functional.softplus(torch.tensor(2.0)).item())
+    assert relative_redirection(q, e2, e1, 2.0).item() == pytest.approx(torch.nn.functional.softplus(torch.tensor(-2.0)).item())
+
+
+def test_uwm_statistics_and_selection_by_hand():
+    # One sample, 3 tokens, d_in 1: values 1, 2, 2 with the last token masked -> norm sqrt5, std of (1, 2) = 0.7071.
+    x = torch.tensor([[[1.0], [2.0], [2.0]]])
+    norm, std = token_statistics(x, torch.tensor([[1, 1, 0]]))
+    assert norm.item() == pytest.approx(5 ** 0.5) and std.item() == pytest.approx(0.5 ** 0.5)
+    # Scores 1, 1, 2, 96 (sum 100): cumulative ascending mass .01 .02 .04 1.0 -> only past 0.98: the 96.
+    assert select_by_mass(torch.tensor([[96.0, 1.0], [2.0, 1.0]]), 0.98).tolist() == [0]
+    # Past 0.01: everything but the first of the smallest (cumulative .01 is not > .01).
+    assert select_by_mass(torch.tensor([[96.0, 1.0], [2.0, 1.0]]), 0.01).tolist() == [0, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def quads(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("quads")
+    return write_quadruplets(folder, 24, seed=0)
+
+
+def test_uwm_edit_changes_outputs_and_undo_is_bit_exact(tiny_clip_dir, quads, tmp_path):
+    bundle = load_clip(tiny_clip_dir)
+    records, _ = read_quadruplets(quads)
+    before = {k: v.clone() for k, v in {**{f"t.{n}": p for n, p in bundle.text.state_dict().items()},
+                                        **{f"v.{n}": p for n, p in bundle.vision.state_dict().items()}}.items()}
+    texts = [r.unsafe_text for r in records[:6]]
+    emb_before = encode_texts(bundle.text, bundle.tokenizer, texts)
+    cfg = UwmConfig(sparsity=0.9)
+    scores = calibrate(bundle, records, cfg)
+    assert {k.split(".")[0] for k in scores} == {"text", "vision"}
+    assert all(k.endswith("out_proj") for k in scores if k.startswith("text."))
+    assert all(k.endswith("fc2") for k in scores if k.startswith("vision."))
+    edit = select_edit(bundle, scores, cfg)
+    assert all(0 < n < scores[k].numel() for k, n in edit.counts().items())
+    edit.apply(bundle)
+    changed = [k for k, v in bundle.text.state_dict().items() if not torch.equal(v, before[f"t.{k}"])]
+    assert changed and all(k.endswith("out_proj.weight") for k in changed)
+    assert not torch.allclose(encode_texts(bundle.text, bundle.tokenizer, texts), emb_before)
+    # Save, load, undo: every weight bit-identical to the original.
+    loaded = WeightEdit.load(edit.save(tmp_path / "edit.safetensors"))
+    assert loaded.alpha == -1.0 and loaded.counts() == edit.counts()
+    loaded.applied = True
+    loaded.undo(bundle)
+    for k, v in bundle.text.state_dict().items():
+        assert torch.equal(v, before[f"t.{k}"]), k
+    for k, v in bundle.vision.state_dict().items():
+        assert torch.equal(v, before[f"v.{k}"]), k
+    assert torch.equal(encode_texts(bundle.text, bundle.tokenizer, texts), emb_before)
+    # Applying to other weights is refused.
+    with torch.no_grad():
+        first_text_layer = next(k for k in scores if k.startswith("text.")).split(".", 1)[1]
+        bundle.text.get_submodule(first_text_layer).weight.mul_(2)
+    with pytest.raises(ValueError, match="other weights"):
+        loaded.apply(bundle)
+
+
+def test_uwm_method_reuses_its_saved_edit(tiny_clip_dir, quads, tmp_path):
+    inputs = MethodInputs(base=tiny_clip_dir, train=quads, out_dir=tmp_path / "uwm", budget=Budget(calibration_rows=16),
+                          overrides=["sparsity=0.9"], progress=False)
+    first = get_method("uwm")(inputs)
+    again = get_method("uwm")(inputs)
+    for (k, a), b in zip(first.text.state_dict().items(), again.text.state_dict().values()):
+        assert torch.equal(a, b), k
+    with pytest.raises(ValueError, match="bad setting"):
+        get_method("uwm")(MethodInputs(base=tiny_clip_dir, train=quads, out_dir=tmp_path / "x", overrides=["nope=1"]))
+
+
+def test_safer_clip_trains_adapters_and_caches_targets(tiny_clip_dir, quads, tmp_path):
+    inputs = MethodInputs(base=tiny_clip_dir, train=quads, out_dir=tmp_path / "safer", progress=False,
+                          budget=Budget(epochs=3, batch_size=4), overrides=["lora_r=2"])
+    bundle = get_method("safer-clip")(inputs)
+    out = tmp_path / "safer"
+    for name in ("targets.safetensors", "targets.json", "adapters/text_adapter/adapter_config.json",
+                 "adapters/vision_adapter/adapter_config.json", "summary.json", "train_log.jsonl"):
+        assert (out / name).is_file(), name
+    lora = {n: p for n, p in bundle.text.named_parameters() if "lora_B" in n}
+    assert lora and any(p.abs().sum() > 0 for p in lora.values())  # lora_B starts at 0: training moved it
+    base = load_clip(tiny_clip_dir)
+    texts = ["a red circle covered in blood"]
+    assert not torch.allclose(encode_texts(bundle.text, bundle.tokenizer, texts), encode_texts(base.text, base.tokenizer, texts))
+    assert SaferClipConfig().image_target == "nearest"
