@@ -23,6 +23,7 @@ COMMAND_GROUPS: list[str] = [
     "safeclip.commands.export",
     "safeclip.commands.demo",
     "safeclip.commands.world",
+    "safeclip.commands.compare",
 ]
 
 

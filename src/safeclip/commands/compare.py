@@ -1,0 +1,68 @@
+"""``safeclip compare``: base CLIP vs Safe-CLIP vs SafeR-CLIP vs UWM with the same data, budget and metrics."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compare",
+        help="run the base model and every safety method with the same data and budget; one table of all metrics",
+        description="Offline by default: builds (or reuses) the miniature world and base CLIP in DIR, runs each method "
+        "(safe-clip, safer-clip, uwm) into DIR/methods/<name>, evaluates every model with the Safe-CLIP retrieval protocol, "
+        "the SafeR-CLIP T*->V protocol, SafeGround and zero-shot accuracy, and writes DIR/compare.json, DIR/compare.md and "
+        "DIR/safety_utility.png. With --base/--train/--test it runs on real data and backbones instead (GPU; docs/compare.md).",
+    )
+    parser.add_argument("--out", default="compare", help="output folder (default: compare)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the world, base model and every method")
+    parser.add_argument("--seeds", default="", help="comma-separated seeds: one run per seed in DIR/seed-N, "
+                        "then DIR/compare_seeds.json / .md with mean ± std")
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="methods to run (space- or comma-separated; default: safe-clip safer-clip uwm)")
+    parser.add_argument("--size", default="default", choices=["default", "tiny"],
+                        help="world/base/budget size: default (~15 min on 2 cores) or tiny (a smoke test)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs of every trained method (budget)")
+    parser.add_argument("--batch-size", type=int, default=None, help="quadruplets per step of every trained method")
+    parser.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
+                        help="a method setting, e.g. safer-clip:relative_scale=5, uwm:sparsity=0.99, "
+                        "safe-clip:loss.temperature=0.01 (repeatable)")
+    real = parser.add_argument_group("real data (skips the offline world)")
+    real.add_argument("--base", default=None, help="base CLIP: hub id or folder, e.g. openai/clip-vit-large-patch14")
+    real.add_argument("--train", default=None, help="training quadruplets (ViSU JSON or a quadruplet JSONL/CSV)")
+    real.add_argument("--val", default=None, help="validation quadruplets (Safe-CLIP model selection)")
+    real.add_argument("--test", default=None, help="test quadruplets for every metric")
+    real.add_argument("--zero-shot-folder", default=None, help="labelled images as folder/<class>/<image> for zero-shot accuracy")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import copy
+
+    from safeclip.compare import SIZES, Sources, run_compare, run_compare_seeds
+    from safeclip.methods.base import METHOD_NAMES
+
+    methods = tuple(m for item in (args.methods or list(METHOD_NAMES)) for m in item.split(",") if m)
+    size = copy.deepcopy(SIZES[args.size])
+    if args.epochs is not None:
+        size.budget.epochs = args.epochs
+    if args.batch_size is not None:
+        size.budget.batch_size = args.batch_size
+    for item in args.set:
+        method, sep, setting = item.partition(":")
+        if not sep or method not in METHOD_NAMES or "=" not in setting:
+            raise ValueError(f"--set {item!r}: write METHOD:KEY=VALUE with METHOD one of {', '.join(METHOD_NAMES)}")
+        size.method_overrides.setdefault(method, []).append(setting)
+    sources = None
+    if args.base or args.train or args.test:
+        if not (args.base and args.train and args.test):
+            raise ValueError("real-data mode needs all of --base, --train and --test")
+        sources = Sources(base=args.base, train=args.train, val=args.val, test=args.test,
+                          zero_shot_folder=args.zero_shot_folder)
+    kwargs = dict(methods=methods, size=size, sources=sources, progress=sys.stderr.isatty())
+    if args.seeds:
+        run_compare_seeds(args.out, [int(s) for s in args.seeds.split(",") if s.strip()], **kwargs)
+    else:
+        run_compare(args.out, seed=args.seed, command="safeclip " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "", **kwargs)
+    return 0
