@@ -5,8 +5,9 @@
                                                   out_dir="compare/methods/safe-clip"))
 
 The recipe is ``recipes/demo.yaml`` (the settings measured on the offline world); ``inputs.overrides``
-are dotted config overrides on top (e.g. ``loss.temperature=0.01`` and ``--config`` style values for
-ViT-L/14; see ``configs/vit-l-14_safe-clip.yaml``). The run folder is ``out_dir/run`` (resumable, reused
+are dotted config overrides on top (e.g. ``loss.temperature=0.01``), and an override ``config=PATH``
+replaces the recipe (real backbones: ``config=configs/vit-l-14_safe-clip.yaml``). The budget's epochs,
+batch size and row limit are applied after the recipe and before the other overrides. The run folder is ``out_dir/run`` (resumable, reused
 once ``summary.json`` exists); the result is the base model with the best LoRA adapters applied.
 """
 
@@ -32,5 +33,12 @@ def run_safe_clip(inputs: MethodInputs) -> ClipBundle:
                      f"data.max_rows={budget.max_rows}"]
         if inputs.val:
             overrides.append(f"data.val={inputs.val}")
-        train(load_config(demo_config_path(), overrides + list(inputs.overrides)))
+        recipe = demo_config_path()
+        rest = []
+        for item in inputs.overrides:
+            if item.startswith("config="):
+                recipe = item.split("=", 1)[1]
+            else:
+                rest.append(item)
+        train(load_config(recipe, overrides + rest))
     return resolve_model(run_dir)

@@ -77,6 +77,9 @@ class SaferClipConfig:
     curriculum_by: str = "text"  # pair similarity for the buckets: "text" (T0), "image" (V0) or "both" (mean)
     easy: str = "similar"  # which end is easy: "similar" pairs (small shift) or "dissimilar" ones
     log_every: int = 5  # write train_log.jsonl every N steps
+    num_workers: int = 0  # DataLoader worker processes (real data: 8)
+    image_cache_gb: float = 4.0  # keep preprocessed training images in memory when they fit in this many GiB
+    device: str = ""  # "cpu", "cuda", ...; empty: cuda when available
 
     def validate(self) -> SaferClipConfig:
         if self.image_target not in {"nearest", "paired"}:
@@ -197,7 +200,13 @@ def run_safer_clip(inputs: MethodInputs) -> ClipBundle:
     missing = [m for m in MODALITIES if m not in report.modalities]
     if missing:
         raise ValueError(f"safer-clip needs all four modalities in {inputs.train}; missing: {', '.join(missing)}")
-    dataset = QuadrupletDataset(records, bundle.image_processor, MODALITIES, cache_images=True)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    bundle.text.to(device)
+    bundle.vision.to(device)
+    side = int(bundle.vision.config.image_size)
+    cache_gib = len(records) * 2 * 3 * side * side * 4 / 2**30
+    dataset = QuadrupletDataset(records, bundle.image_processor, MODALITIES,
+                                cache_images=cfg.num_workers == 0 and cache_gib <= cfg.image_cache_gb)
     ref = load_or_compute_targets(bundle, dataset, cfg, out, progress=inputs.progress)
     stage = curriculum_buckets(ref["similarity"], easy=cfg.easy) if cfg.curriculum else torch.zeros(len(records), dtype=torch.long)
 
@@ -220,13 +229,15 @@ def run_safer_clip(inputs: MethodInputs) -> ClipBundle:
     with tqdm(total=total, desc="safer-clip", disable=not inputs.progress) as bar:
         for epoch, indices in plan:
             loader = DataLoader(Subset(dataset, indices), batch_size=min(budget.batch_size, len(indices)), shuffle=True,
-                                drop_last=True, collate_fn=collate, generator=generator)
+                                drop_last=True, collate_fn=collate, generator=generator, num_workers=cfg.num_workers)
             for batch in loader:
                 b = batch["index"]
+                batch = {k: v.to(device) for k, v in batch.items()}
                 frozen = {"text_safe": ref["safe_text"][b], "image_safe": ref["safe_image"][b],
                           "text_unsafe": ref["unsafe_text"][b], "image_unsafe": ref["unsafe_image"][b],
                           "text_target": ref["safe_text"][ref["text_target"][b]],
                           "image_target": ref["safe_image"][ref["image_target"][b]]}
+                frozen = {k: v.to(device) for k, v in frozen.items()}
                 n = len(b)
                 ids = torch.cat([batch["safe_input_ids"], batch["unsafe_input_ids"]])
                 mask = torch.cat([batch["safe_attention_mask"], batch["unsafe_attention_mask"]])

@@ -64,6 +64,7 @@ class UwmConfig:
     edit_text: bool = True  # edit the text encoder
     edit_vision: bool = True  # edit the vision encoder
     batch_size: int = 64  # calibration pairs per forward pass
+    device: str = ""  # "cpu", "cuda", ...; empty: cuda when available
 
     def validate(self) -> UwmConfig:
         if not 0.0 < self.sparsity < 1.0:
@@ -142,9 +143,11 @@ def calibrate(bundle: ClipBundle, records, cfg: UwmConfig, *, progress: bool = F
     sums = {f"{side}.{name}": torch.zeros_like(mod.weight, dtype=torch.float32)
             for side in sides for name, mod in layers[side].items()}
     count = 0
+    device = next(bundle.text.parameters()).device
     bundle.text.eval()
     bundle.vision.eval()
     for batch in tqdm(loader, desc="uwm calibration", disable=not progress):
+        batch = {k: v.to(device) for k, v in batch.items()}
         for side in sides:
             stats = {}
             for half in ("safe", "unsafe"):
@@ -203,10 +206,11 @@ class WeightEdit:
             raise ValueError("this UWM edit is already applied; undo it first")
         for key, idx in self.index.items():
             flat = _module(bundle, key).weight.view(-1)
-            if not torch.equal(flat[idx], self.original[key].to(flat.dtype)):
+            idx, original = idx.to(flat.device), self.original[key].to(flat.device, flat.dtype)
+            if not torch.equal(flat[idx], original):
                 raise ValueError(f"UWM edit of {key} was computed for other weights: load the base model it was "
                                  "calibrated on (or rerun the calibration)")
-            flat[idx] = self.original[key].to(flat.dtype) * self.alpha
+            flat[idx] = original * self.alpha
         self.applied = True
         return bundle
 
@@ -216,7 +220,8 @@ class WeightEdit:
         if not self.applied:
             raise ValueError("this UWM edit is not applied; nothing to undo")
         for key, idx in self.index.items():
-            _module(bundle, key).weight.view(-1)[idx] = self.original[key].to(_module(bundle, key).weight.dtype)
+            flat = _module(bundle, key).weight.view(-1)
+            flat[idx.to(flat.device)] = self.original[key].to(flat.device, flat.dtype)
         self.applied = False
         return bundle
 
@@ -224,8 +229,8 @@ class WeightEdit:
         return {k: int(v.numel()) for k, v in self.index.items()}
 
     def save(self, path: str | Path) -> Path:
-        tensors = {f"{k}::index": v.contiguous() for k, v in self.index.items()}
-        tensors.update({f"{k}::original": v.contiguous() for k, v in self.original.items()})
+        tensors = {f"{k}::index": v.contiguous().cpu() for k, v in self.index.items()}
+        tensors.update({f"{k}::original": v.contiguous().cpu() for k, v in self.original.items()})
         save_file(tensors, str(path), metadata={"alpha": repr(self.alpha)})
         return Path(path)
 
@@ -258,6 +263,9 @@ def run_uwm(inputs: MethodInputs) -> ClipBundle:
     cfg = parse_method_overrides(inputs.overrides, UwmConfig).validate()
     out = inputs.out
     bundle = load_clip(inputs.base)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    bundle.text.to(device)
+    bundle.vision.to(device)
     edit_path = out / "edit.safetensors"
     if (out / "uwm.json").is_file() and edit_path.is_file():
         return WeightEdit.load(edit_path).apply(bundle)
