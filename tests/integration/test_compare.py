@@ -60,3 +60,13 @@ def test_rerun_reuses_every_stage_and_gives_the_same_numbers(compared):
 def test_cli_rejects_an_unknown_method(tmp_path, capsys):
     assert main(["compare", "--out", str(tmp_path), "--methods", "hysac"]) == 2
     assert "known methods: safe-clip, safer-clip, uwm" in capsys.readouterr().err
+
+
+def test_seed_summary_mean_and_spread_by_hand():
+    from safeclip.compare import format_compare_table, summarize
+
+    per_seed = {s: {"methods": {"base": {"T->V": {"R@1": v}, "zero_shot": {"accuracy": 2 * v}}}} for s, v in ((0, 10.0), (1, 20.0))}
+    summary = summarize(per_seed)
+    assert summary["base"]["T->V"]["R@1"] == {"mean": 15.0, "std": 5.0}  # population std of (10, 20)
+    assert summary["base"]["zero_shot"]["accuracy"] == {"mean": 30.0, "std": 10.0}
+    assert "| base | 15.0 ± 5.0 |" in format_compare_table(summary)
