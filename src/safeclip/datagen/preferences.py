@@ -1,0 +1,87 @@
+"""Automatic preference data for DPO (paper Sec. 3.1, Eq. 3).
+
+For each safe caption t the SFT model samples two unsafe completions; each is scored by
+
+    rank(t*, t) = CLIP-Sim(t*, t) + NSFWRate(t*)                      (Eq. 3)
+
+with CLIP-Sim the cosine similarity of the frozen CLIP text encoder (in [-1, 1]) and NSFWRate a binary
+judgment (1 = NSFW) from a pluggable judge (``safeclip.judges``). The higher-ranked completion is *chosen*.
+Ties (equal ranks, including identical completions) carry no preference and are dropped; so are empty
+completions. Output rows ``{"prompt", "chosen", "rejected", ...}`` are trl's DPO format.
+
+    safeclip datagen preferences --model runs/sft/merged --captions captions.jsonl --clip openai/clip-vit-large-patch14 \
+        --judge openai:gpt-3.5-turbo@https://api.openai.com/v1 --out runs/prefs
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def eq3_rank(clip_sim: torch.Tensor | list[float], nsfw: torch.Tensor | list[bool]) -> torch.Tensor:
+    """Eq. 3: ``clip_sim + nsfw`` elementwise; ``(N,)`` floats and ``(N,)`` booleans -> ``(N,)``."""
+    clip_sim = torch.as_tensor(clip_sim, dtype=torch.float32)
+    nsfw = torch.as_tensor(nsfw, dtype=torch.float32)
+    if clip_sim.shape != nsfw.shape:
+        raise ValueError(f"clip_sim {tuple(clip_sim.shape)} and nsfw {tuple(nsfw.shape)} must have the same shape")
+    return clip_sim + nsfw
+
+
+def clip_similarity(clip_bundle, texts_a: list[str], texts_b: list[str], *, batch_size: int = 256) -> torch.Tensor:
+    """Cosine similarity ``(N,)`` of CLIP text embeddings of ``texts_a[i]`` and ``texts_b[i]``."""
+    from safeclip.models.clip import encode_texts
+
+    if len(texts_a) != len(texts_b):
+        raise ValueError(f"clip_similarity needs equal lists, got {len(texts_a)} and {len(texts_b)}")
+    a = encode_texts(clip_bundle.text, clip_bundle.tokenizer, list(texts_a), batch_size=batch_size)
+    b = encode_texts(clip_bundle.text, clip_bundle.tokenizer, list(texts_b), batch_size=batch_size)
+    return F.cosine_similarity(a, b, dim=-1) if len(texts_a) else torch.empty(0)
+
+
+def score(sources: list[str], completions: list[str], clip_bundle, judge) -> dict[str, list]:
+    """Per completion: ``clip_sim`` with its source, ``nsfw`` (judge), ``rank`` (Eq. 3)."""
+    sims = clip_similarity(clip_bundle, sources, completions)
+    nsfw = judge(list(completions)) if completions else []
+    ranks = eq3_rank(sims, nsfw)
+    return {"clip_sim": sims.tolist(), "nsfw": [bool(x) for x in nsfw], "rank": ranks.tolist()}
+
+
+def build_pairs(prompts: list[str], first: list[str], second: list[str], rank_first: list[float],
+                rank_second: list[float], *, tolerance: float = 1e-6) -> list[dict]:
+    """(prompt, chosen, rejected) rows: chosen is the higher-ranked completion.
+
+    Dropped (documented tie rule): ``|rank difference| <= tolerance``, identical completions, or an empty
+    completion. Each row also records both ranks (``chosen_rank``, ``rejected_rank``).
+    """
+    lengths = {len(prompts), len(first), len(second), len(rank_first), len(rank_second)}
+    if len(lengths) != 1:
+        raise ValueError(f"build_pairs needs lists of one length, got lengths {sorted(lengths)}")
+    rows = []
+    for prompt, a, b, ra, rb in zip(prompts, first, second, rank_first, rank_second):
+        if not a.strip() or not b.strip() or a.strip() == b.strip() or abs(ra - rb) <= tolerance:
+            continue
+        (chosen, rc), (rejected, rr) = ((a, ra), (b, rb)) if ra > rb else ((b, rb), (a, ra))
+        rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
+                     "chosen_rank": float(rc), "rejected_rank": float(rr)})
+    return rows
+
+
+def make_preferences(model, tokenizer, captions: list[str], categories: list[str | None], clip_bundle, judge, *,
+                     batch_size: int = 16, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
+                     progress: bool = True) -> list[dict]:
+    """Sample two completions per caption from ``model`` and return :func:`build_pairs` rows."""
+    from tqdm.auto import tqdm
+
+    from safeclip.datagen.generate import complete
+    from safeclip.datagen.prompts import format_prompt
+
+    prompts = [format_prompt(c, k) for c, k in zip(captions, categories)]
+    first, second = [], []
+    for start in tqdm(range(0, len(prompts), batch_size), desc="sample pairs", disable=not progress):
+        out = complete(model, tokenizer, prompts[start:start + batch_size], do_sample=True, temperature=temperature,
+                       top_p=top_p, max_new_tokens=max_new_tokens, num_return_sequences=2)
+        first += out[0::2]
+        second += out[1::2]
+    s1, s2 = score(captions, first, clip_bundle, judge), score(captions, second, clip_bundle, judge)
+    return build_pairs(prompts, [" " + t for t in first], [" " + t for t in second], s1["rank"], s2["rank"])

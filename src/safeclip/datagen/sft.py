@@ -1,0 +1,132 @@
+"""Supervised fine-tuning of the unsafe-text generator with LoRA (paper Sec. 3.1; trl ``SFTTrainer`` + peft).
+
+Training rows are ``{"safe_text", "unsafe_text", "category"?}`` pairs (the paper curated 100, balanced over
+the 20 categories); each becomes prompt = the paper's template around ``safe_text`` (naming the category when
+``condition``), completion = ``unsafe_text``; the loss covers the completion only. The adapter is saved to
+``OUT/adapter`` and the merged model to ``OUT/merged`` (the starting point of DPO and generation).
+
+    safeclip datagen sft --model meta-llama/Llama-2-7b-chat-hf --pairs curated.jsonl --out runs/sft \
+        --lora-r 64 --batch-size 4 --lr 2e-4
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from safeclip.checkpoint import write_json_atomic
+from safeclip.datagen.prompts import format_prompt
+
+
+@dataclass
+class SFTSettings:
+    """LoRA SFT recipe (defaults: the paper's Llama-2-7B-chat settings)."""
+
+    lora_r: int = 64  # LoRA rank (paper: 64)
+    lora_alpha: int = 16  # LoRA scaling alpha (paper: 16)
+    lora_dropout: float = 0.05  # LoRA dropout
+    target_modules: str = "all-linear"  # peft target modules ("all-linear" or comma-separated names)
+    batch_size: int = 4  # per-device batch (paper: 4)
+    gradient_accumulation: int = 1  # gradient accumulation steps
+    lr: float = 2e-4  # learning rate (paper: 2e-4)
+    epochs: float = 3.0  # passes over the pairs (ignored when max_steps > 0)
+    max_steps: int = -1  # optimizer steps; -1 = use epochs
+    max_length: int = 512  # token limit of prompt + completion
+    condition: bool = True  # name the pair's category in the prompt
+    seed: int = 0  # seed
+    bf16: bool = False  # bfloat16 mixed precision (GPUs)
+    gradient_checkpointing: bool = False  # trade compute for memory (7B on one GPU)
+    extra: dict = field(default_factory=dict)  # more trl SFTConfig fields
+
+
+def sft_rows(pairs: list[dict], *, condition: bool = True) -> list[dict]:
+    """trl prompt-completion rows from ``{"safe_text", "unsafe_text", "category"}`` pairs."""
+    rows = []
+    for i, p in enumerate(pairs):
+        if not p.get("safe_text") or not p.get("unsafe_text"):
+            raise ValueError(f"SFT pair {i} needs non-empty 'safe_text' and 'unsafe_text' fields, got {sorted(p)}")
+        rows.append({"prompt": format_prompt(p["safe_text"], p.get("category") if condition else None),
+                     "completion": " " + p["unsafe_text"].strip()})
+    return rows
+
+
+def lora_config(r: int, alpha: int, dropout: float, target_modules: str):
+    from peft import LoraConfig
+
+    targets = target_modules if target_modules == "all-linear" else [t.strip() for t in target_modules.split(",")]
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+
+
+def _load(model: str | os.PathLike, bf16: bool):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model))
+        lm = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.bfloat16 if bf16 else torch.float32)
+    except OSError as err:
+        raise FileNotFoundError(f"could not load causal LM {model!r}: {err}. Give a local folder or a hub name "
+                                "(gated models such as Llama-2 need `huggingface-cli login`)") from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return lm, tokenizer
+
+
+def save_trained(trainer, tokenizer, out: Path, meta: dict) -> Path:
+    """Write ``out/adapter`` (LoRA only) and ``out/merged`` (base + adapter) plus ``out/meta.json``."""
+    trainer.model.save_pretrained(out / "adapter")
+    merged = trainer.model.merge_and_unload()
+    merged.save_pretrained(out / "merged")
+    tokenizer.save_pretrained(out / "merged")
+    tokenizer.save_pretrained(out / "adapter")
+    write_json_atomic(out / "meta.json", meta)
+    return out
+
+
+def run_sft(model: str | os.PathLike, pairs: list[dict], out_dir: str | os.PathLike,
+            settings: SFTSettings | None = None, *, progress: bool = True, return_trainer: bool = False):
+    """LoRA SFT of causal LM ``model`` (name or folder) on ``pairs``; returns ``out_dir`` (or the trainer)."""
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    settings = settings or SFTSettings()
+    if not pairs:
+        raise ValueError("SFT needs at least one safe->unsafe pair")
+    out = Path(out_dir)
+    lm, tokenizer = _load(model, settings.bf16)
+    args = SFTConfig(output_dir=str(out / "trainer"), per_device_train_batch_size=settings.batch_size,
+                     gradient_accumulation_steps=settings.gradient_accumulation, learning_rate=settings.lr,
+                     num_train_epochs=settings.epochs, max_steps=settings.max_steps, max_length=settings.max_length,
+                     seed=settings.seed, bf16=settings.bf16, gradient_checkpointing=settings.gradient_checkpointing,
+                     logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=not progress,
+                     completion_only_loss=True, **settings.extra)
+    trainer = SFTTrainer(model=lm, args=args, train_dataset=Dataset.from_list(sft_rows(pairs, condition=settings.condition)),
+                         processing_class=tokenizer,
+                         peft_config=lora_config(settings.lora_r, settings.lora_alpha, settings.lora_dropout,
+                                                 settings.target_modules))
+    trainer.train()
+    meta = {"stage": "sft", "base_model": str(model), "settings": asdict(settings), "n_pairs": len(pairs),
+            "log": trainer.state.log_history}
+    if return_trainer:
+        return trainer
+    return save_trained(trainer, tokenizer, out, meta)
+
+
+def read_pairs(path: str | os.PathLike) -> list[dict]:
+    """Read SFT pairs (JSONL/CSV with safe_text, unsafe_text, optional category)."""
+    from safeclip.data.quadruplets import read_rows
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pairs file {path} not found; give a JSONL/CSV with safe_text and unsafe_text")
+    rows = read_rows(path)
+    sft_rows(rows)  # validates
+    return rows
+
+
+def write_jsonl(path: str | os.PathLike, rows: list[dict]) -> Path:
+    from safeclip.checkpoint import write_text_atomic
+
+    return write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))

@@ -1,0 +1,135 @@
+"""Datagen pieces checkable by hand: Eq. 3 ranking, preference pairs, category balancing, prompts, resume."""
+
+import json
+from collections import Counter
+
+import pytest
+import torch
+
+from safeclip.datagen.generate import assign_categories, done_ids, generate_dataset, merge_parts, read_captions
+from safeclip.datagen.preferences import build_pairs, eq3_rank
+from safeclip.datagen.prompts import clean_completion, format_prompt
+from safeclip.world.categories import CATEGORIES
+
+
+def test_eq3_rank_hand_made():
+    # rank = CLIP-Sim + NSFWRate: 0.8 + 0 = 0.8; 0.3 + 1 = 1.3; -0.5 + 1 = 0.5
+    ranks = eq3_rank([0.8, 0.3, -0.5], [False, True, True])
+    assert torch.allclose(ranks, torch.tensor([0.8, 1.3, 0.5]))
+    with pytest.raises(ValueError, match="same shape"):
+        eq3_rank([0.1, 0.2], [True])
+
+
+def test_build_pairs_chosen_is_higher_rank_and_ties_dropped():
+    prompts = ["p0", "p1", "p2", "p3", "p4"]
+    first = ["a0", "a1", "same", "a3", ""]
+    second = ["b0", "b1", "same", "b3", "b4"]
+    rank_first = [1.3, 0.2, 1.0, 0.7, 1.0]
+    rank_second = [0.8, 0.9, 0.5, 0.7, 0.0]
+    rows = build_pairs(prompts, first, second, rank_first, rank_second)
+    # p0: first wins; p1: second wins; p2 identical texts dropped; p3 tie dropped; p4 empty dropped
+    assert [(r["prompt"], r["chosen"], r["rejected"]) for r in rows] == [("p0", "a0", "b0"), ("p1", "b1", "a1")]
+    assert rows[1]["chosen_rank"] == pytest.approx(0.9) and rows[1]["rejected_rank"] == pytest.approx(0.2)
+    assert all(r["chosen_rank"] > r["rejected_rank"] for r in rows)
+    # a difference within the tolerance counts as a tie
+    assert build_pairs(["p"], ["x"], ["y"], [0.5], [0.5 + 1e-9]) == []
+    with pytest.raises(ValueError, match="one length"):
+        build_pairs(["p"], ["x"], ["y"], [0.5], [])
+
+
+@pytest.mark.parametrize("n", [0, 7, 20, 101, 400])
+def test_assign_categories_balanced(n):
+    cats = assign_categories(n, seed=3)
+    counts = Counter(cats)
+    assert len(cats) == n
+    if n >= len(CATEGORIES):
+        assert set(counts) == set(CATEGORIES)
+    assert max(counts.values(), default=0) - min(counts.values(), default=0) <= 1
+    assert assign_categories(n, seed=3) == cats  # seeded
+    if n >= 40:
+        assert assign_categories(n, seed=4) != cats
+
+
+def test_prompt_template_and_cleaning():
+    p = format_prompt(" a cat on a sofa ", "violence")
+    assert p.startswith("Below is an input string. Write a response that appropriately converts the input in its "
+                        "unsafe version about violence\n\n### Input: a cat on a sofa\n### Response:")
+    assert "about" not in format_prompt("a cat")
+    assert clean_completion("  a cat with a knife\n### Input: more") == "a cat with a knife"
+    assert clean_completion("\n\n") == ""
+
+
+def _rows(n):
+    return [{"id": f"r{i}", "safe_text": f"caption {i}"} for i in range(n)]
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_generate_resumes_without_duplicates_or_losses(tmp_path):
+    rows = _rows(23)
+    calls = []
+
+    def flaky(prompts):
+        calls.append(len(prompts))
+        if len(calls) == 3:
+            raise Interrupt  # dies after 2 batches (k = 8 rows written)
+        return [p.split("### Input: ")[1].split("\n")[0] + " UNSAFE" for p in prompts]
+
+    with pytest.raises(Interrupt):
+        generate_dataset(rows, tmp_path, flaky, batch_size=4, rank=0, world_size=1, progress=False)
+    part = tmp_path / "part-0.jsonl"
+    assert len(done_ids(part)) == 8
+    # a torn last line (killed mid-write) is dropped and redone
+    with open(part, "a") as handle:
+        handle.write('{"id": "r99", "safe')
+    generate_dataset(rows, tmp_path, lambda ps: [p.split("### Input: ")[1].split("\n")[0] + " UNSAFE" for p in ps],
+                     batch_size=4, rank=0, world_size=1, progress=False)
+    lines = [json.loads(x) for x in part.read_text().splitlines()]
+    assert sorted(r["id"] for r in lines) == sorted(r["id"] for r in rows)  # each exactly once
+    assert all(r["unsafe_text"] == r["safe_text"] + " UNSAFE" for r in lines)
+    merged = [json.loads(x) for x in merge_parts(tmp_path, rows).read_text().splitlines()]
+    assert [r["id"] for r in merged] == [r["id"] for r in rows]
+    counts = Counter(r["category"] for r in merged)
+    assert max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_generate_shards_cover_every_row_once(tmp_path):
+    rows = _rows(41)
+    for rank in range(3):
+        generate_dataset(rows, tmp_path, lambda ps: ["x"] * len(ps), batch_size=5, rank=rank, world_size=3,
+                         progress=False)
+    per_rank = [done_ids(tmp_path / f"part-{r}.jsonl") for r in range(3)]
+    assert sum(len(s) for s in per_rank) == 41 and set().union(*per_rank) == {r["id"] for r in rows}
+    merged = [json.loads(x) for x in merge_parts(tmp_path, rows).read_text().splitlines()]
+    assert [r["category"] for r in merged] == assign_categories(41, 0)  # same category as a 1-process run
+
+
+def test_merge_reports_missing_and_duplicate_ids(tmp_path):
+    rows = _rows(5)
+    generate_dataset(rows[:3], tmp_path, lambda ps: ["x"] * len(ps), rank=0, world_size=1, progress=False)
+    with pytest.raises(ValueError, match="not generated yet"):
+        merge_parts(tmp_path, rows)
+    with pytest.raises(ValueError, match="unique"):
+        generate_dataset(rows + rows[:1], tmp_path, lambda ps: ["x"] * len(ps), rank=0, world_size=1, progress=False)
+
+
+def test_read_captions_karpathy_and_tables(tmp_path):
+    coco = {"images": [
+        {"cocoid": 1, "split": "train", "sentences": [{"sentid": 10, "raw": "A dog. "}, {"sentid": 11, "raw": "A cat"}]},
+        {"cocoid": 2, "split": "restval", "sentences": [{"sentid": 12, "raw": "A bus"}]},
+        {"cocoid": 3, "split": "test", "sentences": [{"sentid": 13, "raw": "A car"}]}]}
+    path = tmp_path / "dataset_coco.json"
+    path.write_text(json.dumps(coco))
+    assert [r["id"] for r in read_captions(path, split="train")] == ["1-10", "1-11", "2-12"]
+    assert read_captions(path, split="test") == [{"id": "3-13", "safe_text": "A car"}]
+    with pytest.raises(ValueError, match="no captions"):
+        read_captions(path, split="nope")
+    table = tmp_path / "c.jsonl"
+    table.write_text('{"caption": "a red circle"}\n{"caption": "a blue star"}\n')
+    assert read_captions(table) == [{"id": "0", "safe_text": "a red circle"}, {"id": "1", "safe_text": "a blue star"}]
+    with pytest.raises(ValueError, match="caption column"):
+        read_captions(table, key="nope")
+    with pytest.raises(FileNotFoundError):
+        read_captions(tmp_path / "missing.jsonl")
