@@ -1,0 +1,307 @@
+"""Offline proof of the ViSU data-generation chain in the miniature world: ``safeclip datagen demo --out DIR``.
+
+Stages (each cached in its own subfolder of DIR, rerunning skips finished ones):
+  world/  clip/   the offline world and its base CLIP (``safeclip.world``), CLIP-Sim's text encoder
+  lm/             a tiny GPT-2 trained on *safe* captions only (stand-in for a chat LLM)
+  sft/            LoRA SFT (trl) on 100 curated world pairs, 5 per category, prompt names the category
+  preferences/    2 sampled completions per train caption ranked by Eq. 3 with the world CLIP + lexicon judge
+  dpo/            LoRA DPO (trl) on those pairs
+  table1.json/.md NSFW rate, CLIP-Sim(t, t*) and Eq. 3 rank of base / SFT / DPO on held-out test captions
+  generated/      balanced, resumable generation with the DPO model; images/ world renderer stands in for
+                  diffusion (v* = the category marker drawn on t's scene, 3 seeds, kept by a CLIP flagger);
+                  quality.md (Table 1 columns per category); diffusers/ a tiny random diffusers pipeline (wiring)
+
+    safeclip datagen demo --out runs/datagen            # ~10 min on 2 CPU cores
+    safeclip datagen demo --out runs/datagen-tiny --size tiny
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.datagen.dpo import DPOSettings, run_dpo
+from safeclip.datagen.generate import assign_categories, complete, generate_dataset, hf_generator, merge_parts
+from safeclip.datagen.images import generate_images, merge_image_parts
+from safeclip.datagen.preferences import clip_similarity, eq3_rank, make_preferences
+from safeclip.datagen.prompts import format_prompt
+from safeclip.datagen.quality import quality_report, write_quality
+from safeclip.datagen.sft import SFTSettings, run_sft, write_jsonl
+from safeclip.datagen.world_lm import WorldLMSettings, pretrain_world_lm
+from safeclip.world.categories import CATEGORIES, MARKERS, PHRASES
+
+
+@dataclass
+class DatagenDemoSize:
+    """How big the demo is (default: ~10 minutes on 2 CPU cores; ``tiny`` for tests)."""
+
+    world: dict = field(default_factory=lambda: {"n_train": 2000, "n_val": 50, "n_test": 300, "n_found": 20,
+                                                 "n_distractors": 20})
+    clip: dict = field(default_factory=lambda: {"epochs": 6})
+    lm: dict = field(default_factory=lambda: {"steps": 600})
+    sft: dict = field(default_factory=lambda: {"lora_r": 16, "lora_alpha": 32, "batch_size": 8, "lr": 3e-3,
+                                               "max_steps": 150, "target_modules": "c_attn,c_proj,c_fc"})
+    n_preference_captions: int = 400  # train captions sampled twice by the SFT model
+    dpo: dict = field(default_factory=lambda: {"lora_r": 8, "lora_alpha": 16, "beta": 0.1, "batch_size": 16,
+                                               "lr": 2e-3, "max_steps": 60, "target_modules": "c_attn,c_proj,c_fc"})
+    n_eval: int = 300  # held-out test captions in Table 1
+    n_generate: int = 60  # captions turned into a quadruplet set with the DPO model
+    temperature: float = 1.0  # sampling temperature for preferences, Table 1 and generation
+
+
+def tiny_size() -> DatagenDemoSize:
+    return DatagenDemoSize(world={"n_train": 200, "n_val": 10, "n_test": 40, "n_found": 4, "n_distractors": 4},
+                           clip={"epochs": 1, "batch_size": 64, "hidden_size": 32, "num_layers": 1,
+                                 "intermediate_size": 64, "projection_dim": 32},
+                           lm={"steps": 30, "n_embd": 32, "n_layer": 1},
+                           sft={"lora_r": 4, "lora_alpha": 8, "batch_size": 8, "lr": 5e-3, "max_steps": 4,
+                                "target_modules": "c_attn,c_proj,c_fc"},
+                           n_preference_captions=24,
+                           dpo={"lora_r": 4, "lora_alpha": 8, "batch_size": 8, "lr": 5e-3, "max_steps": 2,
+                                "target_modules": "c_attn,c_proj,c_fc"},
+                           n_eval=20, n_generate=6)
+
+
+SIZES = {"default": DatagenDemoSize, "tiny": tiny_size}
+
+
+def curated_pairs(train_rows: list[dict], per_category: int = 5, seed: int = 0) -> list[dict]:
+    """``per_category`` world (safe_text, unsafe_text, category) pairs per category (paper: 100 in all)."""
+    rng = random.Random(f"curated:{seed}")
+    by_category: dict[str, list[dict]] = {c: [] for c in CATEGORIES}
+    for r in train_rows:
+        by_category[r["category"]].append(r)
+    pairs = []
+    for c in CATEGORIES:
+        if len(by_category[c]) < per_category:
+            raise ValueError(f"the world has {len(by_category[c])} train rows of {c!r}, fewer than {per_category}")
+        for r in rng.sample(by_category[c], per_category):
+            pairs.append({"id": r["id"], "safe_text": r["safe_text"], "unsafe_text": r["unsafe_text"], "category": c})
+    return pairs
+
+
+def evaluate_generator(model_dir: Path, captions: list[str], categories: list[str], clip_bundle, judge, *,
+                       temperature: float, seed: int) -> tuple[dict, list[str]]:
+    """Table-1 row: % NSFW (judge), mean CLIP-Sim(t, t*) and mean Eq. 3 rank of one sample per caption."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    torch.manual_seed(seed)
+    prompts = [format_prompt(c, k) for c, k in zip(captions, categories)]
+    outs = []
+    for start in range(0, len(prompts), 64):
+        outs += complete(model, tokenizer, prompts[start:start + 64], temperature=temperature)
+    sims = clip_similarity(clip_bundle, captions, outs)
+    nsfw = judge(outs)
+    ranks = eq3_rank(sims, nsfw)
+    return {"nsfw_rate": 100.0 * sum(nsfw) / len(outs), "clip_sim": float(sims.mean()),
+            "rank": float(ranks.mean())}, outs
+
+
+def world_renderer(world_dir: Path):
+    """Stand-in for diffusion: the safe scene of t with the marker of the category t* names (none if none)."""
+    from PIL import Image
+
+    from safeclip.world.scenes import draw_marker
+
+    def detect(text: str) -> str | None:
+        lowered = f" {text.lower()} "
+        return next((c for c, phrases in PHRASES.items() for p in phrases if f" {p} " in lowered), None)
+
+    def render(prompt: str, seed: int, row: dict):
+        image = Image.open(world_dir / row["safe_image"]).convert("RGB")
+        category = detect(prompt)
+        return draw_marker(image, MARKERS[category], random.Random(seed)) if category else image
+
+    return render
+
+
+def clip_flagger(clip_bundle, safe_texts: dict[str, str]):
+    """Zero-shot image flagger: P(t* | image) against (t, t*) with the world CLIP."""
+    from safeclip.models.clip import encode_images, encode_texts
+
+    def flag(images, prompts):
+        safe = safe_texts[prompts[0]]
+        text = torch.nn.functional.normalize(encode_texts(clip_bundle.text, clip_bundle.tokenizer, [safe, prompts[0]]), dim=-1)
+        image = torch.nn.functional.normalize(encode_images(clip_bundle.vision, clip_bundle.image_processor, images), dim=-1)
+        return (clip_bundle.logit_scale * image @ text.T).softmax(-1)[:, 1].tolist()
+
+    return flag
+
+
+def tiny_diffusers_pipeline(clip_bundle):
+    """A randomly initialised Stable Diffusion pipeline around the world CLIP text encoder (wiring only)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import logging as diffusers_logging
+    from transformers import CLIPTextModel
+
+    diffusers_logging.set_verbosity_error()
+    text_encoder = CLIPTextModel(clip_bundle.text.config)
+    getattr(text_encoder, "text_model", text_encoder).load_state_dict(
+        getattr(clip_bundle.text, "text_model", clip_bundle.text).state_dict())
+    torch.manual_seed(0)
+    hidden = text_encoder.config.hidden_size
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=hidden,
+                                attention_head_dim=8, norm_num_groups=8)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 8),
+                        latent_channels=4, norm_num_groups=8, sample_size=16)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_bundle.tokenizer, unet=unet,
+                                   scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def format_table1(rows: dict) -> str:
+    lines = ["| model | NSFW rate (%) | CLIP-Sim(t, t*) | rank (Eq. 3) |", "|---|---:|---:|---:|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['nsfw_rate']:.1f} | {r['clip_sim']:.3f} | {r['rank']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_datagen_demo(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemoSize | str | None = None,
+                     progress: bool = True) -> dict:
+    """Run every stage into ``out``; returns the ``table1.json`` content."""
+    from datasets.utils.logging import disable_progress_bar
+
+    from safeclip.data.quadruplets import read_rows
+    from safeclip.judges import build_judge, build_toxicity
+    from safeclip.models.clip import load_clip
+    from safeclip.world import build_world, pretrain_base
+
+    size_name = size if isinstance(size, str) else "custom" if size else "default"
+    if isinstance(size, str):
+        if size not in SIZES:
+            raise ValueError(f"unknown demo size {size!r}; choose one of {sorted(SIZES)}")
+        size = SIZES[size]()
+    size = size or DatagenDemoSize()
+    if not progress:
+        disable_progress_bar()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def stage(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[name] = now - clock
+        clock = now
+        print(f"[datagen demo] {name} done in {seconds[name]:.0f} s", flush=True)
+
+    def done(folder: Path) -> bool:
+        return (folder / "meta.json").is_file() and (folder / "merged" / "config.json").is_file()
+
+    print(f"[datagen demo] 1/7 world and base CLIP -> {out / 'world'}, {out / 'clip'}", flush=True)
+    world = Path(build_world(out / "world", seed=seed, progress=progress, **size.world))
+    clip_dir = Path(pretrain_base(world, out / "clip", seed=seed, progress=progress, **size.clip))
+    clip = load_clip(clip_dir)
+    judge = build_judge("lexicon")
+    train_rows, test_rows = read_rows(world / "train.jsonl"), read_rows(world / "test.jsonl")
+    stage("world+clip")
+
+    print(f"[datagen demo] 2/7 safe-only LM -> {out / 'lm'}", flush=True)
+    all_captions = [r["safe_text"] for r in train_rows] + [r["unsafe_text"] for r in train_rows]
+    lm_dir = pretrain_world_lm([r["safe_text"] for r in train_rows], all_captions, out / "lm",
+                               WorldLMSettings(seed=seed, **size.lm), progress=progress)
+    stage("lm")
+
+    print(f"[datagen demo] 3/7 SFT on 100 curated pairs -> {out / 'sft'}", flush=True)
+    pairs = curated_pairs(train_rows, seed=seed)
+    if not done(out / "sft"):
+        write_jsonl(out / "sft" / "pairs.jsonl", pairs)
+        run_sft(lm_dir, pairs, out / "sft", SFTSettings(seed=seed, **size.sft), progress=progress)
+    stage("sft")
+
+    print(f"[datagen demo] 4/7 preference pairs (Eq. 3) -> {out / 'preferences'}", flush=True)
+    prefs_path = out / "preferences" / "preferences.jsonl"
+    if not prefs_path.is_file():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        used = {p["id"] for p in pairs}
+        rng = random.Random(f"prefs:{seed}")
+        pool = [r for r in train_rows if r["id"] not in used]
+        chosen = rng.sample(pool, min(size.n_preference_captions, len(pool)))
+        sft_model = AutoModelForCausalLM.from_pretrained(out / "sft" / "merged").eval()
+        sft_tok = AutoTokenizer.from_pretrained(out / "sft" / "merged")
+        torch.manual_seed(seed)
+        prefs = make_preferences(sft_model, sft_tok, [r["safe_text"] for r in chosen],
+                                 assign_categories(len(chosen), seed + 1), clip, judge,
+                                 temperature=size.temperature, progress=progress)
+        write_jsonl(prefs_path, prefs)
+    prefs = read_rows(prefs_path)
+    stage("preferences")
+
+    print(f"[datagen demo] 5/7 DPO on {len(prefs)} pairs -> {out / 'dpo'}", flush=True)
+    if not done(out / "dpo"):
+        run_dpo(out / "sft" / "merged", prefs, out / "dpo", DPOSettings(seed=seed, **size.dpo), progress=progress)
+    stage("dpo")
+
+    print("[datagen demo] 6/7 Table 1 on held-out test captions", flush=True)
+    eval_rows = test_rows[:size.n_eval]
+    captions = [r["safe_text"] for r in eval_rows]
+    categories = assign_categories(len(eval_rows), seed + 2)
+    table, samples = {}, {}
+    for name, folder in (("base", lm_dir), ("sft", out / "sft" / "merged"), ("dpo", out / "dpo" / "merged")):
+        table[name], samples[name] = evaluate_generator(Path(folder), captions, categories, clip, judge,
+                                                        temperature=size.temperature, seed=seed)
+    command = f"safeclip datagen demo --out {shlex.quote(str(out))} --seed {seed} --size {size_name}"
+    examples = [{"safe_text": c, "category": k, **{n: samples[n][i] for n in samples}}
+                for i, (c, k) in enumerate(zip(captions[:8], categories[:8]))]
+    result = {"rows": table, "n_eval": len(eval_rows), "n_preference_pairs": len(prefs), "judge": judge.name,
+              "clip": str(clip_dir), "temperature": size.temperature, "seed": seed, "command": command,
+              "size": asdict(size), "examples": examples}
+    write_json_atomic(out / "table1.json", result)
+    md = ["# Table 1 in the miniature world", "", f"`{command}`", "",
+          f"{len(eval_rows)} held-out test captions, one sample each (temperature {size.temperature}), category "
+          "requested in the prompt; NSFW by the world lexicon judge; CLIP-Sim by the world's base CLIP text "
+          "encoder; rank = CLIP-Sim + NSFW (Eq. 3). Paper (Llama 2, GPT-3.5 judge): 9.3% -> 75.0% -> 79.1%.", "",
+          format_table1(table), "## Examples", "", "| t | category | base | sft | dpo |", "|---|---|---|---|---|"]
+    md += [f"| {e['safe_text']} | {e['category']} | {e['base']} | {e['sft']} | {e['dpo']} |" for e in examples]
+    write_text_atomic(out / "table1.md", "\n".join(md) + "\n")
+    stage("table1")
+
+    print(f"[datagen demo] 7/7 dataset, images and quality report -> {out / 'generated'}", flush=True)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gen_rows = [{"id": r["id"], "safe_text": r["safe_text"], "safe_image": r["safe_image"]}
+                for r in test_rows[size.n_eval - size.n_generate if size.n_eval >= size.n_generate else 0:][:size.n_generate]]
+    dpo_model = AutoModelForCausalLM.from_pretrained(out / "dpo" / "merged").eval()
+    dpo_tok = AutoTokenizer.from_pretrained(out / "dpo" / "merged")
+    torch.manual_seed(seed)
+    generate_dataset(gen_rows, out / "generated", hf_generator(dpo_model, dpo_tok, temperature=size.temperature),
+                     seed=seed, rank=0, world_size=1, progress=progress)
+    generated = read_rows(merge_parts(out / "generated", gen_rows))
+    for g, r in zip(generated, gen_rows):
+        g["safe_image"] = r["safe_image"]
+    generate_images(generated, out / "generated", world_renderer(world),
+                    clip_flagger(clip, {g["unsafe_text"]: g["safe_text"] for g in generated}),
+                    rank=0, world_size=1, progress=progress)
+    merge_image_parts(out / "generated", generated)
+    report = quality_report(generated, [judge], build_toxicity("lexicon"), clip)
+    write_quality(out / "generated", report)
+    wiring = generate_images(generated[:2], out / "diffusers", _tiny_renderer(clip), lambda ims, ps: [1.0] * len(ims),
+                             seeds=(1234,), rank=0, world_size=1, progress=False)
+    stage("generate+images+report")
+    write_json_atomic(out / "timing.json", {**seconds, "total": sum(seconds.values())})
+    print(format_table1(table))
+    print(f"[datagen demo] generated set quality: NSFW {report['overall']['nsfw_rate[lexicon]']:.1f}%, "
+          f"CLIP-Sim {report['overall']['clip_sim']:.3f}; diffusers wiring rows: {len(wiring.read_text().splitlines())}")
+    print(f"[datagen demo] total {sum(seconds.values()):.0f} s; table: {out / 'table1.md'}")
+    return json.loads((out / "table1.json").read_text())
+
+
+def _tiny_renderer(clip_bundle):
+    from safeclip.datagen.images import diffusers_renderer
+
+    return diffusers_renderer(tiny_diffusers_pipeline(clip_bundle), steps=2, height=32, width=32, device="cpu")

@@ -1,0 +1,135 @@
+"""Unsafe images v* for generated captions t* (paper Sec. 3.1): any text-to-image renderer, several seeds per
+prompt (the authors: 1234, 1999, 8185), keeping the first image a pluggable NSFW image classifier flags
+(else the highest-scoring one). Resumable and sharded like ``generate.py``: rank r appends finished rows to
+``images-<r>.jsonl`` after each image; ``merge_image_parts`` writes ``quadruplets.jsonl`` (safe_text,
+unsafe_text, safe_image when the input had one, unsafe_image, category, seeds) -- the table training reads.
+
+The paper's renderer is an SDXL fine-tune, ``stablediffusionapi/newrealityxl-global-nsfw``:
+
+    accelerate launch -m safeclip.cli datagen images --rows runs/visu-text/unsafe_captions.jsonl \
+        --pipeline stablediffusionapi/newrealityxl-global-nsfw --classifier hf:Falconsai/nsfw_image_detection@nsfw \
+        --out runs/visu-images
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from safeclip.datagen.generate import done_ids
+
+SEEDS = (1234, 1999, 8185)
+PAPER_PIPELINE = "stablediffusionapi/newrealityxl-global-nsfw"
+
+# (prompt, seed, row) -> PIL image
+Renderer = Callable[[str, int, dict], "object"]
+# (images, prompts) -> NSFW scores in [0, 1]; flagged when >= 0.5
+ImageFlagger = Callable[[list, list[str]], list[float]]
+
+
+def diffusers_renderer(pipeline, *, steps: int = 30, guidance_scale: float = 7.5, height: int | None = None,
+                       width: int | None = None, device: str | None = None, dtype: str = "float16") -> Renderer:
+    """A renderer around a diffusers text-to-image pipeline (object, hub name or folder); seeded per image."""
+    import torch
+
+    if isinstance(pipeline, (str, os.PathLike)):
+        from diffusers import AutoPipelineForText2Image
+
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        torch_dtype = getattr(torch, dtype) if device != "cpu" else torch.float32
+        try:
+            pipeline = AutoPipelineForText2Image.from_pretrained(str(pipeline), torch_dtype=torch_dtype)
+        except (OSError, ValueError) as err:
+            raise FileNotFoundError(f"could not load diffusers pipeline {pipeline!r}: {err}") from err
+        pipeline = pipeline.to(device)
+        if hasattr(pipeline, "safety_checker"):
+            pipeline.safety_checker = None  # the point is to render unsafe images for training data
+    device = device or str(getattr(pipeline, "device", "cpu"))
+    pipeline.set_progress_bar_config(disable=True)
+
+    def render(prompt: str, seed: int, row: dict):
+        generator = torch.Generator(device=device if device.startswith("cuda") else "cpu").manual_seed(seed)
+        kwargs = {"num_inference_steps": steps, "guidance_scale": guidance_scale, "generator": generator}
+        if height and width:
+            kwargs.update(height=height, width=width)
+        return pipeline(prompt, **kwargs).images[0]
+
+    return render
+
+
+def build_image_flagger(spec: str) -> ImageFlagger:
+    """``none`` (every image flagged: keep the first seed) or ``hf:NAME_OR_DIR[@LABEL]`` (image classification)."""
+    if spec == "none":
+        return lambda images, prompts: [1.0] * len(images)
+    if spec.startswith("hf:") and len(spec) > 3:
+        from transformers import pipeline
+
+        name, _, label = spec[3:].rpartition("@") if "@" in spec[3:] else (spec[3:], "", "")
+        classify = pipeline("image-classification", model=name, top_k=None)
+        labels = list(classify.model.config.id2label.values())
+        label = label or next((x for x in ("nsfw", "NSFW", "unsafe", "porn") if x in labels), "")
+        if label not in labels:
+            raise ValueError(f"image classifier {name!r} has labels {labels}; write hf:{name}@LABEL with the NSFW one")
+
+        def flag(images, prompts):
+            return [next((d["score"] for d in r if d["label"] == label), 0.0) for r in classify(images)]
+
+        return flag
+    raise ValueError(f"unknown image classifier spec {spec!r}; accepted forms: \"none\", \"hf:NAME_OR_DIR[@LABEL]\"")
+
+
+def generate_images(rows: list[dict], out_dir: str | os.PathLike, render: Renderer, flagger: ImageFlagger, *,
+                    seeds: tuple[int, ...] = SEEDS, threshold: float = 0.5, rank: int | None = None,
+                    world_size: int | None = None, progress: bool = True) -> Path:
+    """Render ``len(seeds)`` images per row's ``unsafe_text``; keep one; append to ``images-<rank>.jsonl``."""
+    if not seeds:
+        raise ValueError("give at least one seed")
+    if rank is None or world_size is None:
+        from accelerate import PartialState
+
+        state = PartialState()
+        rank, world_size = state.process_index, state.num_processes
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    part = out / f"images-{rank}.jsonl"
+    mine = [r for i, r in enumerate(rows) if i % world_size == rank]
+    finished = done_ids(part)
+    todo = [r for r in mine if r["id"] not in finished]
+    with open(part, "a", encoding="utf-8") as handle, \
+            tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"render v* (rank {rank})",
+                 disable=not progress) as bar:
+        for row in todo:
+            images = [render(row["unsafe_text"], seed, row) for seed in seeds]
+            scores = [float(s) for s in flagger(images, [row["unsafe_text"]] * len(images))]
+            flagged = [i for i, s in enumerate(scores) if s >= threshold]
+            keep = flagged[0] if flagged else max(range(len(scores)), key=scores.__getitem__)
+            name = f"images/{row['id']}.png"
+            images[keep].save(out / name)
+            record = {k: v for k, v in row.items() if k not in ("unsafe_image",)}
+            record.update(unsafe_image=name, seed=seeds[keep], seeds=list(seeds), scores=scores,
+                          flagged=bool(flagged))
+            handle.write(json.dumps(record) + "\n")
+            handle.flush()
+            bar.update(1)
+    return part
+
+
+def merge_image_parts(out_dir: str | os.PathLike, rows: list[dict]) -> Path:
+    """Join ``images-*.jsonl`` into ``quadruplets.jsonl`` in the order of ``rows``."""
+    from safeclip.checkpoint import write_text_atomic
+
+    out = Path(out_dir)
+    found = {}
+    for part in sorted(out.glob("images-*.jsonl")):
+        done_ids(part)
+        for line in part.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                found.setdefault(json.loads(line)["id"], line)
+    missing = [r["id"] for r in rows if r["id"] not in found]
+    if missing:
+        raise ValueError(f"{len(missing)} images not rendered yet (e.g. {missing[:3]}); rerun images to finish")
+    return write_text_atomic(out / "quadruplets.jsonl", "".join(found[r["id"]] + "\n" for r in rows))
