@@ -24,6 +24,7 @@ COMMAND_GROUPS: list[str] = [
     "safeclip.commands.demo",
     "safeclip.commands.world",
     "safeclip.commands.compare",
+    "safeclip.commands.datagen",
 ]
 
 

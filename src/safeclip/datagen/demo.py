@@ -45,7 +45,8 @@ class DatagenDemoSize:
 
     world: dict = field(default_factory=lambda: {"n_train": 2000, "n_val": 50, "n_test": 300, "n_found": 20,
                                                  "n_distractors": 20})
-    clip: dict = field(default_factory=lambda: {"epochs": 6})
+    clip: dict = field(default_factory=lambda: {"epochs": 3, "batch_size": 128, "hidden_size": 64, "num_layers": 2,
+                                                "intermediate_size": 128, "projection_dim": 64})
     lm: dict = field(default_factory=lambda: {"steps": 600})
     sft: dict = field(default_factory=lambda: {"lora_r": 16, "lora_alpha": 32, "batch_size": 8, "lr": 3e-3,
                                                "max_steps": 150, "target_modules": "c_attn,c_proj,c_fc"})
