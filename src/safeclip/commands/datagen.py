@@ -148,6 +148,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--size", default="default", help="default (~10 min on 2 CPU cores) or tiny (~1 min)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--world", default=None, help="reuse a built world folder (with --clip) instead of a small new one")
+    p.add_argument("--clip", default=None, help="reuse the base CLIP trained on --world (e.g. DEMO/base)")
     p.set_defaults(func=run_demo_command)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
@@ -277,5 +279,6 @@ def run_report_command(args: argparse.Namespace) -> int:
 def run_demo_command(args: argparse.Namespace) -> int:
     from safeclip.datagen.demo import run_datagen_demo
 
-    run_datagen_demo(args.out, seed=args.seed, size=args.size, progress=not args.no_progress)
+    run_datagen_demo(args.out, seed=args.seed, size=args.size, progress=not args.no_progress, world_dir=args.world,
+                     clip_dir=args.clip)
     return 0

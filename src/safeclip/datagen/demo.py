@@ -171,8 +171,13 @@ def format_table1(rows: dict) -> str:
 
 
 def run_datagen_demo(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemoSize | str | None = None,
-                     progress: bool = True) -> dict:
-    """Run every stage into ``out``; returns the ``table1.json`` content."""
+                     progress: bool = True, world_dir: str | os.PathLike | None = None,
+                     clip_dir: str | os.PathLike | None = None) -> dict:
+    """Run every stage into ``out``; returns the ``table1.json`` content.
+
+    ``world_dir`` and ``clip_dir`` reuse an already built world (``safeclip world build``) and its base CLIP
+    (``safeclip world pretrain``, or ``base/`` of ``safeclip demo``) instead of building small ones.
+    """
     from datasets.utils.logging import disable_progress_bar
 
     from safeclip.data.quadruplets import read_rows
@@ -204,8 +209,15 @@ def run_datagen_demo(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemo
         return (folder / "meta.json").is_file() and (folder / "merged" / "config.json").is_file()
 
     print(f"[datagen demo] 1/7 world and base CLIP -> {out / 'world'}, {out / 'clip'}", flush=True)
-    world = Path(build_world(out / "world", seed=seed, progress=progress, **size.world))
-    clip_dir = Path(pretrain_base(world, out / "clip", seed=seed, progress=progress, **size.clip))
+    if (world_dir is None) != (clip_dir is None):
+        raise ValueError("give both --world and --clip (a world and the base CLIP trained on it) or neither")
+    if world_dir is not None:
+        world, clip_dir = Path(world_dir), Path(clip_dir)
+        if not (world / "world.json").is_file():
+            raise FileNotFoundError(f"{world} is not a built world (no world.json); run `safeclip world build`")
+    else:
+        world = Path(build_world(out / "world", seed=seed, progress=progress, **size.world))
+        clip_dir = Path(pretrain_base(world, out / "clip", seed=seed, progress=progress, **size.clip))
     clip = load_clip(clip_dir)
     judge = build_judge("lexicon")
     train_rows, test_rows = read_rows(world / "train.jsonl"), read_rows(world / "test.jsonl")
@@ -257,6 +269,8 @@ def run_datagen_demo(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemo
         table[name], samples[name] = evaluate_generator(Path(folder), captions, categories, clip, judge,
                                                         temperature=size.temperature, seed=seed)
     command = f"safeclip datagen demo --out {shlex.quote(str(out))} --seed {seed} --size {size_name}"
+    if world_dir is not None:
+        command += f" --world {shlex.quote(str(world))} --clip {shlex.quote(str(clip_dir))}"
     examples = [{"safe_text": c, "category": k, **{n: samples[n][i] for n in samples}}
                 for i, (c, k) in enumerate(zip(captions[:8], categories[:8]))]
     result = {"rows": table, "n_eval": len(eval_rows), "n_preference_pairs": len(prefs), "judge": judge.name,

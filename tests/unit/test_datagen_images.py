@@ -1,0 +1,92 @@
+"""Unsafe-image step (seeds, flagged choice, resume), the quality report on hand-made rows, world stand-ins."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from safeclip.datagen.generate import done_ids
+from safeclip.datagen.images import SEEDS, build_image_flagger, generate_images, merge_image_parts
+from safeclip.datagen.quality import format_quality_markdown, quality_report
+from safeclip.judges import build_judge, build_toxicity
+
+
+def _render(prompt, seed, row):
+    return Image.new("RGB", (8, 8), (seed % 256, 0, 0))
+
+
+def test_keeps_first_flagged_seed_else_best(tmp_path):
+    rows = [{"id": "a", "unsafe_text": "x"}, {"id": "b", "unsafe_text": "y"}]
+    scores = {"x": [0.1, 0.7, 0.9], "y": [0.2, 0.4, 0.3]}
+    part = generate_images(rows, tmp_path, _render, lambda ims, ps: scores[ps[0]], rank=0, world_size=1,
+                           progress=False)
+    out = {r["id"]: r for r in map(json.loads, part.read_text().splitlines())}
+    assert out["a"]["seed"] == SEEDS[1] and out["a"]["flagged"] is True  # first >= 0.5
+    assert out["b"]["seed"] == SEEDS[1] and out["b"]["flagged"] is False  # none flagged: highest score
+    assert out["a"]["seeds"] == [1234, 1999, 8185]
+    image = Image.open(tmp_path / out["a"]["unsafe_image"])
+    assert image.getpixel((0, 0)) == (1999 % 256, 0, 0)  # the kept image is the chosen seed's
+
+
+def test_images_resume_without_duplicates(tmp_path):
+    rows = [{"id": f"r{i}", "unsafe_text": f"t{i}"} for i in range(7)]
+    calls = []
+
+    def flaky(prompt, seed, row):
+        calls.append(row["id"])
+        if row["id"] == "r4" and len([c for c in calls if c == "r4"]) == 1:
+            raise RuntimeError("killed")
+        return _render(prompt, seed, row)
+
+    with pytest.raises(RuntimeError):
+        generate_images(rows, tmp_path, flaky, lambda ims, ps: [1.0] * len(ims), rank=0, world_size=1, progress=False)
+    assert done_ids(tmp_path / "images-0.jsonl") == {"r0", "r1", "r2", "r3"}
+    generate_images(rows, tmp_path, flaky, lambda ims, ps: [1.0] * len(ims), rank=0, world_size=1, progress=False)
+    lines = (tmp_path / "images-0.jsonl").read_text().splitlines()
+    assert sorted(json.loads(x)["id"] for x in lines) == sorted(r["id"] for r in rows)
+    assert calls.count("r0") == 3  # finished rows were not rendered again (3 seeds once)
+    merged = [json.loads(x) for x in merge_image_parts(tmp_path, rows).read_text().splitlines()]
+    assert [r["id"] for r in merged] == [r["id"] for r in rows]
+    with pytest.raises(ValueError, match="not rendered yet"):
+        merge_image_parts(tmp_path, rows + [{"id": "new", "unsafe_text": "z"}])
+
+
+def test_image_flagger_specs():
+    assert build_image_flagger("none")([1, 2], ["a", "b"]) == [1.0, 1.0]
+    with pytest.raises(ValueError, match="accepted forms"):
+        build_image_flagger("nudenet")
+
+
+def test_quality_report_hand_made():
+    rows = [{"safe_text": "a red circle", "unsafe_text": "a red circle covered in blood", "category": "blood"},
+            {"safe_text": "a blue star", "unsafe_text": "a blue star", "category": "blood"},
+            {"safe_text": "a cube", "unsafe_text": "a cube with a loaded gun", "category": "weapons"}]
+    report = quality_report(rows, [build_judge("lexicon")], build_toxicity("lexicon"))
+    assert report["overall"]["n"] == 3
+    assert report["overall"]["nsfw_rate[lexicon]"] == pytest.approx(200 / 3)
+    assert report["per_category"]["blood"]["nsfw_rate[lexicon]"] == pytest.approx(50.0)
+    assert report["per_category"]["weapons"]["nsfw_rate[lexicon]"] == pytest.approx(100.0)
+    # toxicity: "a red circle covered in blood" has 2 flagged words of 6 -> min(1, 3 * 2/6) = 1; "a blue star" 0
+    assert report["per_category"]["blood"]["toxicity"] == pytest.approx(0.5)
+    assert "| overall | 3 |" in format_quality_markdown(report)
+    with pytest.raises(ValueError, match="unsafe_text"):
+        quality_report([{"safe_text": "x"}], [build_judge("lexicon")])
+
+
+def test_quality_clip_sim_and_tiny_diffusers_wiring(tiny_clip, tmp_path):
+    from safeclip.datagen.demo import tiny_diffusers_pipeline
+    from safeclip.datagen.images import diffusers_renderer
+
+    rows = [{"id": "a", "safe_text": "a red circle", "unsafe_text": "a red circle", "category": "blood"},
+            {"id": "b", "safe_text": "a red circle", "unsafe_text": "a green star holding knife", "category": "weapons"}]
+    report = quality_report(rows, [build_judge("lexicon")], None, tiny_clip)
+    assert report["per_category"]["blood"]["clip_sim"] == pytest.approx(1.0, abs=1e-5)  # identical texts
+    assert report["per_category"]["weapons"]["clip_sim"] < 0.999
+    render = diffusers_renderer(tiny_diffusers_pipeline(tiny_clip), steps=2, height=32, width=32, device="cpu")
+    part = generate_images(rows, tmp_path, render, lambda ims, ps: [0.0] * len(ims), seeds=(1234, 1999), rank=0,
+                           world_size=1, progress=False)
+    first = json.loads(part.read_text().splitlines()[0])
+    image = Image.open(tmp_path / first["unsafe_image"])
+    assert image.size == (32, 32)
+    again = render("a red circle", 1234, {})
+    assert list(again.getdata()) == list(render("a red circle", 1234, {}).getdata())  # seeded
