@@ -16,7 +16,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Targets:\n  adapters   LoRA adapters alone (reversible safety: apply to / remove from the base)\n"
         "  hf         Hugging Face CLIP folder (CLIPModel.from_pretrained)\n"
         "  diffusers  text_encoder/ + tokenizer/ for StableDiffusionPipeline(text_encoder=...)\n"
-        "  llava      vision_tower/ (CLIPVisionModel + image processor) for LLaVA\n\n"
+        "  llava      vision_tower/ (CLIPVisionModel + image processor) for LLaVA\n"
+        "  openclip   open_clip state dict + config (load with ViT-L-14-quickgelu: OpenAI CLIP uses QuickGELU)\n"
+        "  card       README.md model card in each folder (numbers from --results)\n\n"
         "Example:\n  safeclip export --model runs/vit-l-14 --out export/ --targets hf,diffusers\n"
         "  then: StableDiffusionPipeline.from_pretrained('CompVis/stable-diffusion-v1-4',\n"
         "        text_encoder=CLIPTextModel.from_pretrained('export/diffusers/text_encoder'))",
@@ -26,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, help="output folder; one subfolder per target")
     parser.add_argument("--targets", default="adapters,hf,diffusers,llava",
                         help=f"comma-separated subset of {','.join(EXPORT_TARGETS)} (default: all)")
+    parser.add_argument("--results", action="append", default=[], help="results JSON to quote in the model card, repeatable")
+    parser.add_argument("--data", default="", help="training data to name in the model card (e.g. 'ViSU train, 80k quadruplets')")
     parser.set_defaults(func=run)
 
 
@@ -35,6 +39,6 @@ def run(args: argparse.Namespace) -> int:
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     bundle = resolve_model(args.model, adapters=args.adapters)
-    for target, path in export_model(bundle, args.out, targets).items():
+    for target, path in export_model(bundle, args.out, targets, results=args.results, data=args.data).items():
         print(f"{target}: {path}")
     return 0

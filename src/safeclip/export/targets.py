@@ -21,7 +21,8 @@ from transformers import CLIPTextModel, CLIPVisionModel
 from safeclip.models.clip import ClipBundle
 from safeclip.models.lora import merge_adapters, save_adapters, save_merged_clip
 
-EXPORT_TARGETS = ("adapters", "hf", "diffusers", "llava")
+DEFAULT_TARGETS = ("adapters", "hf", "diffusers", "llava")
+EXPORT_TARGETS = DEFAULT_TARGETS + ("openclip", "card")  # openclip: safeclip.export.openclip; card: README.md per folder
 
 
 def export_diffusers_text_encoder(bundle: ClipBundle, out: Path) -> Path:
@@ -44,7 +45,8 @@ def export_llava_tower(bundle: ClipBundle, out: Path) -> Path:
     return out
 
 
-def export_model(bundle: ClipBundle, out_dir: str | os.PathLike, targets=EXPORT_TARGETS) -> dict[str, Path]:
+def export_model(bundle: ClipBundle, out_dir: str | os.PathLike, targets=DEFAULT_TARGETS, *,
+                 results=(), data: str = "") -> dict[str, Path]:
     """Write each of ``targets`` for ``bundle`` (encoders with or without adapters) under ``out_dir``."""
     unknown = set(targets) - set(EXPORT_TARGETS)
     if unknown:
@@ -63,4 +65,15 @@ def export_model(bundle: ClipBundle, out_dir: str | os.PathLike, targets=EXPORT_
             written[target] = export_diffusers_text_encoder(bundle, out / "diffusers")
         elif target == "llava":
             written[target] = export_llava_tower(bundle, out / "llava")
+        elif target == "openclip":
+            from safeclip.export.openclip import export_openclip
+
+            written[target] = export_openclip(bundle, out / "openclip")
+    if "card" in targets:  # last, so it can describe every folder written
+        from safeclip.export.model_card import write_model_card
+
+        for folder in [out, *written.values()]:
+            write_model_card(folder, base=bundle.name, targets=list(written), data=data, results=results,
+                             root=out)
+        written["card"] = out / "README.md"
     return written
