@@ -53,7 +53,7 @@ class NudeNetJudge:
                 from nudenet import NudeDetector
             except ImportError as err:  # pragma: no cover - depends on the environment
                 raise ImportError("NudeNet needs the nudenet package: pip install nudenet "
-                                  "(or pip install 'safeclip[generators]')") from err
+                                  "(or pip install 'safeclip[diffusion]')") from err
             detector = NudeDetector()
         self.detector = detector
         self.threshold = float(threshold)
