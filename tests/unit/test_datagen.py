@@ -133,3 +133,34 @@ def test_read_captions_karpathy_and_tables(tmp_path):
         read_captions(table, key="nope")
     with pytest.raises(FileNotFoundError):
         read_captions(tmp_path / "missing.jsonl")
+
+
+def test_shipped_llama_recipe_has_the_paper_settings():
+    import argparse
+    from pathlib import Path
+
+    from safeclip.commands.datagen import _settings
+    from safeclip.datagen.dpo import DPOSettings
+    from safeclip.datagen.sft import SFTSettings
+
+    config = Path(__file__).resolve().parents[2] / "configs" / "datagen-llama2-7b-chat.yaml"
+    args = argparse.Namespace(config=str(config), model=None, lr=None, lora_r=None)
+    sft = _settings(args, SFTSettings, "sft")
+    assert (sft.lora_r, sft.lora_alpha, sft.batch_size, sft.lr) == (64, 16, 4, 2e-4)
+    assert args.model == "meta-llama/Llama-2-7b-chat-hf"
+    dpo = _settings(argparse.Namespace(config=str(config), model="x", lr=None), DPOSettings, "dpo")
+    assert (dpo.lora_r, dpo.lora_alpha, dpo.beta, dpo.lr, dpo.batch_size * dpo.gradient_accumulation) == (8, 16, 0.1, 5e-7, 16)
+    override = _settings(argparse.Namespace(config=str(config), model="x", lr=1e-3, lora_r=None), SFTSettings, "sft")
+    assert override.lr == 1e-3  # flags win over the YAML
+
+
+def test_settings_reject_unknown_yaml_keys(tmp_path):
+    import argparse
+
+    from safeclip.commands.datagen import _settings
+    from safeclip.datagen.sft import SFTSettings
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sft:\n  lora_rank: 8\n")
+    with pytest.raises(ValueError, match="unknown sft settings"):
+        _settings(argparse.Namespace(config=str(bad)), SFTSettings, "sft")

@@ -16,7 +16,17 @@ from safeclip.datagen.dpo import DPOSettings
 from safeclip.datagen.sft import SFTSettings
 
 
+def _field_help(cls) -> dict[str, str]:
+    """The one-line ``# help`` comment after each field of a settings dataclass."""
+    import inspect
+    import re
+
+    found = re.findall(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", inspect.getsource(cls), flags=re.M)
+    return dict(found)
+
+
 def _add_settings(parser: argparse.ArgumentParser, cls) -> None:
+    helps = _field_help(cls)
     for f in dataclasses.fields(cls):
         if f.name == "extra":
             continue
@@ -24,9 +34,10 @@ def _add_settings(parser: argparse.ArgumentParser, cls) -> None:
         flag = "--" + f.name.replace("_", "-")
         if isinstance(default, bool):
             parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                                metavar="BOOL", help=f"{f.name} (default {default})")
+                                metavar="BOOL", help=f"{helps.get(f.name, f.name)} (default {default})")
         else:
-            parser.add_argument(flag, type=type(default), default=None, help=f"{f.name} (default {default})")
+            parser.add_argument(flag, type=type(default), default=None,
+                                help=f"{helps.get(f.name, f.name)} (default {default})".replace("%", "%%"))
     parser.add_argument("--config", help="YAML recipe (configs/datagen-*.yaml); flags override it")
 
 
@@ -135,7 +146,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder (images/, images-<rank>.jsonl, quadruplets.jsonl)")
     p.set_defaults(func=run_images_command)
 
-    p = steps.add_parser("report", help="Table 1 quality report: % NSFW per judge, toxicity, CLIP-Sim(t, t*)")
+    p = steps.add_parser("report", help="Table 1 quality report: %% NSFW per judge, toxicity, CLIP-Sim(t, t*)")
     p.add_argument("--rows", required=True, help="JSONL/CSV with safe_text, unsafe_text, category")
     p.add_argument("--judge", action="append", default=None, help="judge spec, repeatable (default: lexicon)")
     p.add_argument("--toxicity", default="lexicon", help="toxicity spec (lexicon, hf:NAME[@LABEL]) or none")
