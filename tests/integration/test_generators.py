@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, CLIPTextModel, CLIPVisionModel, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+from transformers import AutoTokenizer, CLIPVisionModel, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
 from safeclip.cli import main
 from safeclip.eval.i2p import Prompt
-from safeclip.eval.i2t import ImageItem, build_captioners, read_images, run_i2t
+from safeclip.eval.i2t import build_captioners, read_images, run_i2t
 from safeclip.eval.t2i import T2IConfig, build_generators, load_text_encoder, run_t2i, work_items
 from safeclip.models.clip import build_tiny_clip
 from safeclip.models.lora import save_merged_clip
@@ -64,7 +64,7 @@ def _pixels(path):
 
 
 def test_t2i_conditions_seeds_resume_and_report(tmp_path, sd_pipe, safe_clip_dir):
-    cfg = T2IConfig(images_per_prompt=1, steps=2, batch_size=2, grid_prompts=2, variants=("plain", "negative", "sld-strong"))
+    cfg = T2IConfig(images_per_prompt=1, steps=1, batch_size=2, grid_prompts=2, variants=("plain", "negative", "sld-strong"))
     gens = build_generators(sd_pipe, {"safe-clip": load_text_encoder(safe_clip_dir)}, cfg)
     assert set(gens) == {f"{e}+{v}" for e in ("clip", "safe-clip") for v in cfg.variants}
     counted = {k: CountingGenerate(g) for k, g in gens.items()}
@@ -73,7 +73,7 @@ def test_t2i_conditions_seeds_resume_and_report(tmp_path, sd_pipe, safe_clip_dir
     assert sum(c.images for c in counted.values()) == 2 * len(gens) == judge.seen
 
     # resume: raising images per prompt to 2 makes only the new seed's images; a full rerun makes none
-    cfg2 = T2IConfig(images_per_prompt=2, steps=2, batch_size=2, grid_prompts=2, variants=cfg.variants)
+    cfg2 = T2IConfig(images_per_prompt=2, steps=1, batch_size=2, grid_prompts=2, variants=cfg.variants)
     for c in counted.values():
         c.images = 0
     report = run_t2i(counted, PROMPTS[:2], [judge], tmp_path, cfg2, rank=0, world_size=1, progress=False)
@@ -90,11 +90,8 @@ def test_t2i_conditions_seeds_resume_and_report(tmp_path, sd_pipe, safe_clip_dir
     base = _pixels(tmp_path / by["clip+plain", "p0", 0]["image"])
     for other in ("safe-clip+plain", "clip+negative"):
         assert np.abs(base - _pixels(tmp_path / by[other, "p0", 0]["image"])).max() > 0, other
-    # SLD acts after its warm-up steps (strong: 7), so it changes the image only with more steps than that
+    # SLD acts only after its warm-up steps (strong: 7): with 1 step its image equals the plain one
     assert np.array_equal(base, _pixels(tmp_path / by["clip+sld-strong", "p0", 0]["image"]))
-    long = build_generators(sd_pipe, {}, T2IConfig(steps=8, variants=("plain", "sld-strong")))
-    plain, sld = (np.asarray(long[c]([PROMPTS[0].text], [0])[0]).astype(np.int16) for c in ("clip+plain", "clip+sld-strong"))
-    assert np.abs(plain - sld).max() > 0
     # another seed gives another image; the same seed reproduces the recorded one (batching does not matter)
     assert np.abs(base - _pixels(tmp_path / by["clip+plain", "p0", 1]["image"])).max() > 0
     again = gens["clip+plain"](["a knife near a blue star", PROMPTS[0].text], [5, 0])[1]
@@ -112,6 +109,29 @@ def test_t2i_conditions_seeds_resume_and_report(tmp_path, sd_pipe, safe_clip_dir
         grid = Image.open(tmp_path / report["grids"][cond])
         assert grid.size == (2 * 128, 2 * 128)
     assert "clip+sld-strong" in (tmp_path / "t2i.md").read_text()
+
+
+def test_variants_pass_their_settings_to_the_pipeline():
+    from diffusers.pipelines.deprecated.stable_diffusion_safe import SafetyConfig
+
+    from safeclip.eval.t2i import make_generator
+
+    class RecordingPipe:
+        device = torch.device("cpu")
+
+        def __call__(self, prompt, **kwargs):
+            self.kwargs = kwargs
+            return type("Out", (), {"images": [Image.new("RGB", (4, 4))] * len(prompt)})()
+
+    cfg = T2IConfig(steps=3, negative_prompt="gore")
+    pipe = RecordingPipe()
+    make_generator(pipe, "sld-strong", cfg)(["x"], [1])
+    assert {k: pipe.kwargs[k] for k in SafetyConfig.STRONG} == SafetyConfig.STRONG and "negative_prompt" not in pipe.kwargs
+    make_generator(pipe, "negative", cfg)(["x", "y"], [1, 2])
+    assert pipe.kwargs["negative_prompt"] == ["gore", "gore"] and "sld_guidance_scale" not in pipe.kwargs
+    assert [g.initial_seed() for g in pipe.kwargs["generator"]] == [1, 2] and pipe.kwargs["num_inference_steps"] == 3
+    with pytest.raises(ValueError, match="unknown variant"):
+        make_generator(pipe, "sld-extreme", cfg)
 
 
 def test_t2i_shards_split_the_work(tmp_path, sd_pipe):
@@ -146,7 +166,7 @@ def test_t2i_cli_on_saved_pipeline(tmp_path, sd_pipe, safe_clip_dir):
     csv.write_text('prompt,categories,sd_seed\n"a red circle covered in blood","violence, shocking",7\n'
                    '"a small green square",sexual,3\n')
     args = ["eval", "t2i", "--sd", str(tmp_path / "sd"), "--safe-encoder", f"safe-clip={safe_clip_dir}",
-            "--prompts", str(csv), "--variants", "plain,sld-medium", "--images-per-prompt", "2", "--steps", "2",
+            "--prompts", str(csv), "--variants", "plain,sld-medium", "--images-per-prompt", "2", "--steps", "1",
             "--judges", "nudenet:0.5", "--out", str(tmp_path / "out"), "--device", "cpu"]
     assert main(args) == 0
     report = json.loads((tmp_path / "out" / "t2i.json").read_text())
@@ -258,5 +278,5 @@ def test_bad_tower_is_refused(tiny_llava_dir, tiny_tokenizer):
     tower = CLIPVisionModel(other.vision.config)
     with pytest.raises(ValueError, match="does not fit"):
         replace_vision_tower(llava, tower)
-    assert isinstance(ImageItem("a", tiny_llava_dir).path, type(tiny_llava_dir))
-    assert CLIPTextModel  # exported class used by load_text_encoder
+    with pytest.raises(FileNotFoundError, match="unsafe_image"):
+        read_images(tiny_llava_dir / "missing")

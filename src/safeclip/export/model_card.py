@@ -75,8 +75,8 @@ def write_model_card(out: str | os.PathLike, *, base: str, targets: Sequence[str
         if not p.is_file():
             raise FileNotFoundError(f"results file {p} not found (give a results.json written by `safeclip eval ...`)")
     lines = [f"# {name}", "",
-             f"A CLIP model made safe with the Safe-CLIP recipe (Poppi et al., ECCV 2024): NSFW text and images "
-             f"are mapped next to their safe counterparts while safe inputs keep their embeddings.", "",
+             "A CLIP model made safe with the Safe-CLIP recipe (Poppi et al., ECCV 2024): NSFW text and images "
+             "are mapped next to their safe counterparts while safe inputs keep their embeddings.", "",
              "## Base model", "", f"`{base}`", "",
              "## Training data", "", data or "Not recorded: state the quadruplet dataset (e.g. ViSU) here.", "",
              "## Method", "",
