@@ -47,15 +47,15 @@ class DatagenDemoSize:
                                                  "n_distractors": 20})
     clip: dict = field(default_factory=lambda: {"epochs": 3, "batch_size": 128, "hidden_size": 64, "num_layers": 2,
                                                 "intermediate_size": 128, "projection_dim": 64})
-    lm: dict = field(default_factory=lambda: {"steps": 600})
+    lm: dict = field(default_factory=lambda: {"steps": 1500, "batch_size": 32, "n_embd": 128})
     sft: dict = field(default_factory=lambda: {"lora_r": 16, "lora_alpha": 32, "batch_size": 8, "lr": 3e-3,
-                                               "max_steps": 150, "target_modules": "c_attn,c_proj,c_fc"})
-    n_preference_captions: int = 400  # train captions sampled twice by the SFT model
+                                               "max_steps": 300, "target_modules": "c_attn,c_proj,c_fc"})
+    n_preference_captions: int = 300  # train captions sampled twice by the SFT model
     dpo: dict = field(default_factory=lambda: {"lora_r": 8, "lora_alpha": 16, "beta": 0.1, "batch_size": 16,
-                                               "lr": 2e-3, "max_steps": 60, "target_modules": "c_attn,c_proj,c_fc"})
-    n_eval: int = 300  # held-out test captions in Table 1
+                                               "lr": 2e-3, "max_steps": 80, "target_modules": "c_attn,c_proj,c_fc"})
+    n_eval: int = 200  # held-out test captions in Table 1
     n_generate: int = 60  # captions turned into a quadruplet set with the DPO model
-    temperature: float = 1.0  # sampling temperature for preferences, Table 1 and generation
+    temperature: float = 0.7  # sampling temperature for preferences, Table 1 and generation
 
 
 def tiny_size() -> DatagenDemoSize:
