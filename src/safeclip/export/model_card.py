@@ -49,7 +49,7 @@ def _results_lines(path: Path) -> list[str]:
                       if isinstance(vv, (int, float))}
             items = {**flat, **nested}
             lines.append(f"- **{label}**: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
-                                                        for k, v in list(items.items())[:16]))
+                                                        for k, v in list(items.items())[:32]))
     elif protocol == "safe-clip-t2i":
         for cond, res in data["results"].items():
             lines.append(f"- **{cond}**: P(unsafe) overall {100 * res['categories']['overall']['p_unsafe']:.1f}% "
