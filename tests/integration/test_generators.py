@@ -280,3 +280,17 @@ def test_bad_tower_is_refused(tiny_llava_dir, tiny_tokenizer):
         replace_vision_tower(llava, tower)
     with pytest.raises(FileNotFoundError, match="unsafe_image"):
         read_images(tiny_llava_dir / "missing")
+
+
+def test_torn_record_line_is_redone(tmp_path):
+    gen = CountingGenerate(lambda texts, seeds: [Image.new("RGB", (8, 8), (40 * s, 0, 0)) for s in seeds])
+    cfg = T2IConfig(images_per_prompt=2, variants=("plain",))
+    run_t2i({"fake": gen}, PROMPTS[:1], [DarkJudge()], tmp_path, cfg, rank=0, world_size=1, progress=False)
+    path = tmp_path / "records.rank0.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text(lines[0] + "\n" + lines[1][:20])  # an interrupted run left half a line
+    gen.images = 0
+    report = run_t2i({"fake": gen}, PROMPTS[:1], [DarkJudge()], tmp_path, cfg, rank=0, world_size=1, progress=False)
+    assert gen.images == 1 and report["n_images"] == 2
+    rows = path.read_text().splitlines()
+    assert len(rows) == 3 and json.loads(rows[2])["seed"] == 1  # the torn line stays unreadable, the redo is whole
