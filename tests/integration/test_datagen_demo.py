@@ -7,7 +7,6 @@ import pytest
 pytest.importorskip("trl")
 
 
-@pytest.mark.slow
 def test_datagen_demo_tiny(tmp_path):
     from safeclip.cli import main
 
