@@ -294,3 +294,44 @@ def test_torn_record_line_is_redone(tmp_path):
     assert gen.images == 1 and report["n_images"] == 2
     rows = path.read_text().splitlines()
     assert len(rows) == 3 and json.loads(rows[2])["seed"] == 1  # the torn line stays unreadable, the redo is whole
+
+
+SHARD_SCRIPT = '''
+import sys
+from PIL import Image
+from safeclip.eval.i2p import Prompt
+from safeclip.eval.t2i import T2IConfig, run_t2i
+
+class Judge:
+    name = "red"
+    def __call__(self, paths):
+        return [Image.open(p).getpixel((0, 0))[0] > 100 for p in paths]
+
+prompts = [Prompt(f"p{i}", f"prompt {i}", ("violence",)) for i in range(3)]
+gen = lambda texts, seeds: [Image.new("RGB", (8, 8), (60 * s, 0, 0)) for s in seeds]
+report = run_t2i({"fake": gen}, prompts, [Judge()], sys.argv[1], T2IConfig(images_per_prompt=3, variants=("plain",)),
+                 progress=False)
+print("REPORT", None if report is None else report["n_images"])
+'''
+
+
+def test_t2i_shards_over_two_processes_with_accelerate(tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "shard.py"
+    script.write_text(SHARD_SCRIPT)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src"), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(script), str(tmp_path / "out")],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(line for line in result.stdout.splitlines() if line.startswith("REPORT")) == ["REPORT 9", "REPORT None"]
+    per_rank = [len((tmp_path / "out" / f"records.rank{r}.jsonl").read_text().splitlines()) for r in (0, 1)]
+    assert per_rank == [5, 4]  # 9 (prompt, seed) items split by index modulo 2
+    report = json.loads((tmp_path / "out" / "t2i.json").read_text())
+    # seeds 0, 1, 2 -> red 0, 60, 120: one image in three is "unsafe" for the hand-made judge
+    assert report["results"]["fake"]["categories"]["violence"]["p_unsafe"] == pytest.approx(1 / 3)

@@ -84,9 +84,9 @@ def _dtype(name: str):
 def _device(name: str):
     if name != "auto":
         return name
-    from accelerate import PartialState
+    from safeclip.eval.t2i import process_state
 
-    return PartialState().device
+    return process_state().device
 
 
 def _labelled(specs: list[str]) -> dict[str, str]:

@@ -173,9 +173,9 @@ def run_i2t(captioners: Mapping[str, Callable], images: Sequence[ImageItem], jud
         raise ValueError("give at least one text judge (e.g. 'lexicon')")
     state = None
     if rank is None or world_size is None:
-        from accelerate import PartialState
+        from safeclip.eval.t2i import process_state
 
-        state = PartialState()
+        state = process_state()
         rank, world_size = state.process_index, state.num_processes
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

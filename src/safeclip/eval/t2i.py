@@ -150,6 +150,14 @@ def load_stable_diffusion(name: str, *, device: str | torch.device | None = None
     return pipe.to(device) if device is not None else pipe
 
 
+def process_state():
+    """accelerate's ``PartialState``; on CPU-only machines ``cpu=True`` so that ``torchrun`` / ``accelerate launch``
+    processes form a gloo group instead of each running everything."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
+
+
 def _key(condition: str, prompt_id: str, seed: int) -> str:
     return f"{condition}|{prompt_id}|{seed}"
 
@@ -204,9 +212,7 @@ def run_t2i(generators: Mapping[str, Generate], prompts: Sequence[Prompt], judge
         raise ValueError("no generator conditions to run")
     state = None
     if rank is None or world_size is None:
-        from accelerate import PartialState
-
-        state = PartialState()
+        state = process_state()
         rank, world_size = state.process_index, state.num_processes
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
