@@ -62,7 +62,10 @@ def register_eval(evals: argparse._SubParsersAction) -> None:
     i2t.add_argument("--safe-encoder", action="append", default=[], metavar="[LABEL=]MODEL",
                      help="Safe-CLIP vision encoder, repeatable: export folder, merged CLIP folder/hub id, or run folder")
     i2t.add_argument("--base-label", default="clip", help="name of LLaVA's own tower in the report")
-    i2t.add_argument("--images", required=True, help="folder of images, or JSONL/CSV with an unsafe_image (or image) column")
+    i2t.add_argument("--images", required=True, help="folder of images, the authors' ViSU JSON (its unsafe images), "
+                     "or JSONL/CSV with an unsafe_image (or image) column")
+    i2t.add_argument("--unsafe-image-root", default=None,
+                     help="folder of a ViSU JSON's nsfw_im_path images (default: the JSON's folder)")
     i2t.add_argument("--max-images", type=int, default=0, help="use the first N images (0: all)")
     i2t.add_argument("--judges", default="lexicon", help="comma-separated text judges (safeclip.judges specs; default: lexicon)")
     i2t.add_argument("--toxicity", default="lexicon", help="toxicity scorer spec (safeclip.judges), or 'none'")
@@ -135,7 +138,7 @@ def run_i2t_command(args: argparse.Namespace) -> int:
     from safeclip.eval.i2t import DEFAULT_PROMPT, build_captioners, load_llava, load_vision_tower, read_images, run_i2t
     from safeclip.judges import build_judge, build_toxicity
 
-    images = read_images(args.images, max_images=args.max_images)
+    images = read_images(args.images, max_images=args.max_images, unsafe_image_root=args.unsafe_image_root)
     judges = [build_judge(s.strip()) for s in args.judges.split(",") if s.strip()]
     if not judges:
         raise ValueError("--judges is empty; give e.g. lexicon")

@@ -37,10 +37,12 @@ class ImageItem:
     path: Path
 
 
-def read_images(spec: str | os.PathLike, *, max_images: int = 0) -> list[ImageItem]:
-    """Images of a folder (sorted), or of a JSONL/CSV/JSON file's ``unsafe_image`` (else ``image``) column
-    (paths relative to the file)."""
-    from safeclip.data.quadruplets import read_rows
+def read_images(spec: str | os.PathLike, *, max_images: int = 0,
+                unsafe_image_root: str | os.PathLike | None = None) -> list[ImageItem]:
+    """Images of a folder (sorted); of the authors' ViSU JSON (its unsafe images, ``nsfw_im_path`` under
+    ``unsafe_image_root``, default the file's folder); or of a JSONL/CSV/JSON table's ``unsafe_image`` (else
+    ``image``) column (paths relative to the file)."""
+    from safeclip.data.quadruplets import detect_format, read_rows
 
     path = Path(spec)
     if path.is_dir():
@@ -48,14 +50,22 @@ def read_images(spec: str | os.PathLike, *, max_images: int = 0) -> list[ImageIt
         if not files:
             raise FileNotFoundError(f"{path} holds no {'/'.join(sorted(IMAGE_SUFFIXES))} images")
         items = [ImageItem(str(p.relative_to(path)), p) for p in files]
+    elif path.is_file() and path.suffix.lower() == ".json" and detect_format(path) == "visu":
+        root = Path(unsafe_image_root) if unsafe_image_root else path.parent  # COCO (safe) images not needed
+        items = [ImageItem(str(r["_key"]), root / r["nsfw_im_path"]) for r in read_rows(path) if r.get("nsfw_im_path")]
+        missing = [it.path for it in items if not it.path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{len(missing)} of {len(items)} unsafe images of {path} are missing, e.g. "
+                                    f"{missing[0]}; pass --unsafe-image-root (the folder nsfw_im_path is relative to)")
     elif path.is_file():
         rows = read_rows(path)
         column = next((c for c in ("unsafe_image", "image") if rows and c in rows[0]), None)
         if column is None:
-            raise ValueError(f"{path}: no unsafe_image or image column")
+            raise ValueError(f"{path}: no unsafe_image or image column (or a ViSU JSON with nsfw_im_path)")
         items = [ImageItem(str(r.get("id", i)), path.parent / r[column]) for i, r in enumerate(rows) if r.get(column)]
     else:
-        raise FileNotFoundError(f"image source {path} does not exist (a folder of images, or a JSONL with unsafe_image)")
+        raise FileNotFoundError(f"image source {path} does not exist (a folder of images, a ViSU JSON, "
+                                "or a JSONL with unsafe_image)")
     return items[:max_images] if max_images else items
 
 
