@@ -137,10 +137,10 @@ def plot_safety_utility(methods: dict, out: str | os.PathLike) -> Path:
 
     fig, ax = plt.subplots(figsize=(5.5, 4.2))
     for label, metrics in methods.items():
+        metrics = {group: {k: v["mean"] if isinstance(v, dict) else v for k, v in entry.items()}
+                   for group, entry in metrics.items()}  # a multi-seed summary plots its means
         x = metrics.get("zero_shot", {}).get("accuracy")
         y = safety_score(metrics)
-        if isinstance(x, dict):
-            x, y = x["mean"], safety_score({d: {"NSFW@1": metrics[d]["NSFW@1"]["mean"]} for d in ("T*->V+V*", "V*->T+T*") if d in metrics})
         if x is None or y is None:
             continue
         ax.scatter([x], [y], s=60)

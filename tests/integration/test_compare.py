@@ -70,3 +70,14 @@ def test_seed_summary_mean_and_spread_by_hand():
     assert summary["base"]["T->V"]["R@1"] == {"mean": 15.0, "std": 5.0}  # population std of (10, 20)
     assert summary["base"]["zero_shot"]["accuracy"] == {"mean": 30.0, "std": 10.0}
     assert "| base | 15.0 ± 5.0 |" in format_compare_table(summary)
+
+
+def test_seed_summary_plots_its_means(tmp_path):
+    from safeclip.compare import plot_safety_utility, summarize
+
+    def metrics(nsfw, acc):
+        return {"T*->V+V*": {"NSFW@1": nsfw}, "V*->T+T*": {"NSFW@1": nsfw + 10}, "zero_shot": {"accuracy": acc}}
+
+    per_seed = {s: {"methods": {"base": metrics(90.0 + s, 40.0), "safe-clip": metrics(30.0 + s, 41.0)}} for s in (0, 1, 2)}
+    out = plot_safety_utility(summarize(per_seed), tmp_path / "safety_utility.png")
+    assert out.stat().st_size > 1000

@@ -30,6 +30,14 @@ from transformers import (
     CLIPTokenizer,
     CLIPVisionModelWithProjection,
 )
+from transformers.utils import is_torchvision_available
+
+# CLIP's preprocessing: the torchvision backend when torchvision is installed, else the PIL one (the same
+# numbers, and both save as "CLIPImageProcessor"); naming it avoids transformers' fallback warning per load.
+if is_torchvision_available():
+    ImageProcessor = CLIPImageProcessor
+else:
+    from transformers import CLIPImageProcessorPil as ImageProcessor
 
 # Checkpoints the project knows and documents (HF layout). Any other hub id may still work.
 KNOWN_CHECKPOINTS: dict[str, str] = {
@@ -167,14 +175,14 @@ def load_clip(
 def _load_processors(source: str, local_files_only: bool, fallback: str | os.PathLike | None):
     try:
         tokenizer = CLIPTokenizer.from_pretrained(source, local_files_only=local_files_only)
-        image_processor = CLIPImageProcessor.from_pretrained(source, local_files_only=local_files_only)
+        image_processor = ImageProcessor.from_pretrained(source, local_files_only=local_files_only)
     except (OSError, ValueError, TypeError) as err:
         if fallback is None:
             raise OSError(f"{source} has no tokenizer / image processor files ({str(err).splitlines()[0]}); "
                           "pass processor_from=<the base CLIP> (--processor-from)") from err
         fallback = _resolve_source(fallback)
         tokenizer = CLIPTokenizer.from_pretrained(fallback, local_files_only=local_files_only)
-        image_processor = CLIPImageProcessor.from_pretrained(fallback, local_files_only=local_files_only)
+        image_processor = ImageProcessor.from_pretrained(fallback, local_files_only=local_files_only)
     return tokenizer, image_processor
 
 
@@ -253,7 +261,7 @@ def tiny_clip_config(
 
 def tiny_image_processor(image_size: int) -> CLIPImageProcessor:
     """CLIP's preprocessing (resize, centre crop, CLIP mean/std) at ``image_size`` pixels."""
-    return CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    return ImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
 
 
 def bundle_from_clip_model(
