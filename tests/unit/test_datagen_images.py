@@ -53,8 +53,17 @@ def test_images_resume_without_duplicates(tmp_path):
 
 def test_image_flagger_specs():
     assert build_image_flagger("none")([1, 2], ["a", "b"]) == [1.0, 1.0]
-    with pytest.raises(ValueError, match="accepted forms"):
-        build_image_flagger("nudenet")
+    with pytest.raises(ValueError, match="accepted forms: none, hf:"):
+        build_image_flagger("porn-detector")
+
+
+def test_nudenet_flagger_runs_offline_on_rendered_images():
+    from PIL import Image
+
+    pytest.importorskip("nudenet")
+    images = [Image.new("RGB", (64, 64), (200, 30, 30)), Image.new("RGB", (64, 64), (20, 20, 200))]
+    assert build_image_flagger("nudenet")(images, ["a", "b"]) == [0.0, 0.0]  # plain colours: nothing exposed
+    assert build_image_flagger("nudenet,none")(images, ["a", "b"]) == [1.0, 1.0]  # any flagger flags
 
 
 def test_quality_report_hand_made():

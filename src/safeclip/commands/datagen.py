@@ -136,7 +136,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rows", required=True, help="unsafe_captions.jsonl from `datagen generate`")
     p.add_argument("--pipeline", default="stablediffusionapi/newrealityxl-global-nsfw",
                    help="diffusers text-to-image pipeline name or folder (default: the paper's)")
-    p.add_argument("--classifier", default="none", help="NSFW image classifier: none or hf:NAME_OR_DIR[@LABEL]")
+    p.add_argument("--classifier", default="none", help="NSFW image classifier: none, hf:NAME_OR_DIR[@LABEL], nudenet[:THRESHOLD] or "
+                   "q16:PROMPTS_FILE@CLIP; comma-separate several (unsafe if any flags)")
     p.add_argument("--seeds", default="1234,1999,8185", help="comma-separated seeds, one image each")
     p.add_argument("--steps", type=int, default=30, help="denoising steps")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")

@@ -61,25 +61,57 @@ def diffusers_renderer(pipeline, *, steps: int = 30, guidance_scale: float = 7.5
     return render
 
 
+def _judge_flagger(spec: str) -> ImageFlagger:
+    """NudeNet / Q16 (``safeclip.eval.image_judges``) as a flagger: 1.0 when the judge calls the image unsafe."""
+    import tempfile
+
+    from safeclip.eval.image_judges import build_image_judge
+
+    judge = build_image_judge(spec)
+
+    def flag(images, prompts):
+        with tempfile.TemporaryDirectory() as tmp:  # the judges read image files
+            paths = [Path(tmp) / f"{i}.png" for i in range(len(images))]
+            for image, path in zip(images, paths):
+                image.save(path)
+            return [1.0 if unsafe else 0.0 for unsafe in judge(paths)]
+
+    return flag
+
+
+def _hf_flagger(spec: str) -> ImageFlagger:
+    from transformers import pipeline
+
+    name, _, label = spec[3:].rpartition("@") if "@" in spec[3:] else (spec[3:], "", "")
+    classify = pipeline("image-classification", model=name, top_k=None)
+    labels = list(classify.model.config.id2label.values())
+    label = label or next((x for x in ("nsfw", "NSFW", "unsafe", "porn") if x in labels), "")
+    if label not in labels:
+        raise ValueError(f"image classifier {name!r} has labels {labels}; write hf:{name}@LABEL with the NSFW one")
+
+    def flag(images, prompts):
+        return [next((d["score"] for d in r if d["label"] == label), 0.0) for r in classify(images)]
+
+    return flag
+
+
+FLAGGER_FORMS = ("none", "hf:NAME_OR_DIR[@LABEL]", "nudenet[:THRESHOLD]", "q16:PROMPTS_FILE@CLIP")
+
+
 def build_image_flagger(spec: str) -> ImageFlagger:
-    """``none`` (every image flagged: keep the first seed) or ``hf:NAME_OR_DIR[@LABEL]`` (image classification)."""
+    """``none`` (every image flagged: keep the first seed), ``hf:NAME_OR_DIR[@LABEL]`` (image classification),
+    ``nudenet[:THRESHOLD]`` or ``q16:PROMPTS_FILE@CLIP`` (the judges of ``safeclip eval t2i``); several specs
+    joined by ``,`` flag an image with the highest of their scores (unsafe if any judge says so)."""
+    if "," in spec:
+        flaggers = [build_image_flagger(part.strip()) for part in spec.split(",") if part.strip()]
+        return lambda images, prompts: [max(s) for s in zip(*(f(images, prompts) for f in flaggers))]
     if spec == "none":
         return lambda images, prompts: [1.0] * len(images)
     if spec.startswith("hf:") and len(spec) > 3:
-        from transformers import pipeline
-
-        name, _, label = spec[3:].rpartition("@") if "@" in spec[3:] else (spec[3:], "", "")
-        classify = pipeline("image-classification", model=name, top_k=None)
-        labels = list(classify.model.config.id2label.values())
-        label = label or next((x for x in ("nsfw", "NSFW", "unsafe", "porn") if x in labels), "")
-        if label not in labels:
-            raise ValueError(f"image classifier {name!r} has labels {labels}; write hf:{name}@LABEL with the NSFW one")
-
-        def flag(images, prompts):
-            return [next((d["score"] for d in r if d["label"] == label), 0.0) for r in classify(images)]
-
-        return flag
-    raise ValueError(f"unknown image classifier spec {spec!r}; accepted forms: \"none\", \"hf:NAME_OR_DIR[@LABEL]\"")
+        return _hf_flagger(spec)
+    if spec.partition(":")[0] in ("nudenet", "q16"):
+        return _judge_flagger(spec)
+    raise ValueError(f"unknown image classifier spec {spec!r}; accepted forms: {', '.join(FLAGGER_FORMS)}")
 
 
 def generate_images(rows: list[dict], out_dir: str | os.PathLike, render: Renderer, flagger: ImageFlagger, *,
