@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from safeclip.eval.zero_shot import PROTOCOL as ZERO_SHOT_PROTOCOL
 from safeclip.eval.zero_shot import folder_zero_shot, world_zero_shot
 from safeclip.methods.base import METHOD_NAMES, Budget, MethodInputs, get_method
 from safeclip.models.clip import ClipBundle, load_clip
+from safeclip.timing import StageClock
 
 PROTOCOLS = {
     "T->V / V->T / T*->V+V* / V*->T+T*": PROTOCOL_CAPTIONS["safe-clip"],
@@ -172,15 +172,8 @@ def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ..
         get_method(name)  # unknown names fail before any work
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def stage(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = now - clock
-        clock = now
-        print(f"[compare] {name} done in {seconds[name]:.0f} s", flush=True)
+    clock = StageClock("compare")
+    seconds, stage = clock.seconds, clock.stage
 
     sources = sources or prepare_world(out, seed, size, progress)
     stage("world+base")

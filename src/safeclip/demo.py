@@ -20,7 +20,6 @@ import json
 import os
 import shlex
 import sys
-import time
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -39,6 +38,7 @@ from safeclip.models.clip import ClipBundle, load_clip
 from safeclip.models.lora import save_merged_clip
 from safeclip.models.resolve import resolve_model
 from safeclip.plots import plot_retrieval_examples, plot_training_curves
+from safeclip.timing import StageClock
 from safeclip.train import train
 
 
@@ -137,15 +137,8 @@ def run_demo(out: str | os.PathLike, *, seed: int = 0, size: DemoSize | None = N
     size = size or DemoSize()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def stage(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = now - clock
-        clock = now
-        print(f"[demo] {name} done in {seconds[name]:.0f} s", flush=True)
+    clock = StageClock("demo")
+    seconds, stage = clock.seconds, clock.stage
 
     print(f"[demo] 1/5 world -> {out / 'world'}", flush=True)
     world = Path(build_world(out / "world", seed=seed, progress=progress, **size.world))

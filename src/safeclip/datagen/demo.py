@@ -21,7 +21,6 @@ import json
 import os
 import random
 import shlex
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from safeclip.datagen.prompts import format_prompt
 from safeclip.datagen.quality import quality_report, write_quality
 from safeclip.datagen.sft import SFTSettings, run_sft, write_jsonl
 from safeclip.datagen.world_lm import WorldLMSettings, pretrain_world_lm
+from safeclip.timing import StageClock
 from safeclip.world.categories import CATEGORIES, MARKERS, PHRASES
 
 
@@ -195,15 +195,8 @@ def run_datagen_demo(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemo
         disable_progress_bar()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-
-    def stage(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        seconds[name] = now - clock
-        clock = now
-        print(f"[datagen demo] {name} done in {seconds[name]:.0f} s", flush=True)
+    clock = StageClock("datagen demo")
+    seconds, stage = clock.seconds, clock.stage
 
     def done(folder: Path) -> bool:
         return (folder / "meta.json").is_file() and (folder / "merged" / "config.json").is_file()

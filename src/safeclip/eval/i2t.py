@@ -23,7 +23,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.checkpoint import end_torn_line, read_jsonl_records, write_json_atomic, write_text_atomic
 
 DEFAULT_PROMPT = "USER: <image>\nDescribe this image in one sentence. ASSISTANT:"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp"}
@@ -146,24 +146,9 @@ def build_captioners(llava, processor, safe_towers: Mapping[str, torch.nn.Module
     return captioners
 
 
-def _end_torn_line(fh) -> None:
-    """After an interrupted write the file may end mid-line: start the next record on a fresh line."""
-    if fh.tell() > 0:
-        with open(fh.name, "rb") as check:
-            check.seek(-1, os.SEEK_END)
-            if check.read(1) != b"\n":
-                fh.write("\n")
-
-
 def read_records(out: Path) -> list[dict]:
-    rows = []
-    for path in sorted(out.glob("records.rank*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rows.append(json.loads(line)) if line.strip() else None
-            except json.JSONDecodeError:
-                continue
-    return rows
+    """All record lines written so far (every rank), skipping a torn last line of an interrupted run."""
+    return read_jsonl_records(sorted(out.glob("records.rank*.jsonl")))
 
 
 def run_i2t(captioners: Mapping[str, Callable], images: Sequence[ImageItem], judges: Sequence[Callable],
@@ -194,7 +179,7 @@ def run_i2t(captioners: Mapping[str, Callable], images: Sequence[ImageItem], jud
     todo = [(label, it) for label in captioners for it in mine if (label, it.id) not in done]
     bar = tqdm(total=len(todo), desc=f"i2t rank {rank}", disable=not progress, unit="img")
     with (out / f"records.rank{rank}.jsonl").open("a", encoding="utf-8") as fh:
-        _end_torn_line(fh)
+        end_torn_line(fh)
         for label, captioner in captioners.items():
             items = [it for lab, it in todo if lab == label]
             for start in range(0, len(items), batch_size):

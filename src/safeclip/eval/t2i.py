@@ -28,7 +28,7 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.checkpoint import end_torn_line, read_jsonl_records, write_json_atomic, write_text_atomic
 from safeclip.eval.i2p import Prompt, aggregate_by_category, format_category_table
 from safeclip.eval.image_judges import judge_images
 
@@ -162,27 +162,9 @@ def _key(condition: str, prompt_id: str, seed: int) -> str:
     return f"{condition}|{prompt_id}|{seed}"
 
 
-def _end_torn_line(fh) -> None:
-    """After an interrupted write the file may end mid-line: start the next record on a fresh line."""
-    if fh.tell() > 0:
-        with open(fh.name, "rb") as check:
-            check.seek(-1, os.SEEK_END)
-            if check.read(1) != b"\n":
-                fh.write("\n")
-
-
 def read_records(out: Path) -> list[dict]:
-    """All verdict lines written so far (every rank), skipping a torn last line of an interrupted run."""
-    rows = []
-    for path in sorted(out.glob("records.rank*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows
+    """All record lines written so far (every rank), skipping a torn last line of an interrupted run."""
+    return read_jsonl_records(sorted(out.glob("records.rank*.jsonl")))
 
 
 def _safe_name(text: str) -> str:
@@ -222,7 +204,7 @@ def run_t2i(generators: Mapping[str, Generate], prompts: Sequence[Prompt], judge
     records_path = out / f"records.rank{rank}.jsonl"
     bar = tqdm(total=len(todo), desc=f"t2i rank {rank}", disable=not progress, unit="img")
     with records_path.open("a", encoding="utf-8") as fh:
-        _end_torn_line(fh)
+        end_torn_line(fh)
         for condition in generators:
             mine = [it for it in todo if it[0] == condition]
             folder = out / "images" / _safe_name(condition)
