@@ -26,3 +26,52 @@ def test_eval_retrieval_writes_protocol_json_and_table(tmp_path, tiny_clip_dir):
 def test_eval_reports_missing_data_file(tmp_path, tiny_clip_dir, capsys):
     code = main(["eval", "retrieval", "--data", str(tmp_path / "none.jsonl"), "--model", str(tiny_clip_dir), "--out", str(tmp_path)])
     assert code == 2 and "none.jsonl does not exist" in capsys.readouterr().err
+
+
+def _nsfwcaps(tmp_path, n=10):
+    """NSFWCaps-shaped rows whose images were 'fetched' into tmp_path/nocaps under their URL file names."""
+    data = write_quadruplets(tmp_path / "d", n)
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    (tmp_path / "nocaps").mkdir()
+    caps = []
+    for r in rows:
+        name = f"{r['id']}.jpg"
+        (tmp_path / "d" / r["safe_image"]).rename(tmp_path / "nocaps" / name)
+        caps.append({"image_coco_url": f"https://example.org/nocaps/val/{name}", "caption": r["safe_text"],
+                     "nsfw_caption": r["unsafe_text"], "chosen_category": r["category"]})
+    path = tmp_path / "nsfwcaps.json"
+    path.write_text(json.dumps(caps))
+    return path, rows
+
+
+def test_eval_safer_t2v_on_nsfwcaps_rows(tmp_path, tiny_clip_dir):
+    import torch
+
+    from safeclip.data import read_quadruplets
+    from safeclip.eval.embed import embed_quadruplets
+    from safeclip.eval.safer_protocol import safer_t2v
+    from safeclip.models.clip import load_clip
+
+    path, rows = _nsfwcaps(tmp_path)
+    records, report = read_quadruplets(path, image_root=tmp_path / "nocaps")
+    assert report.modalities == ("safe_text", "unsafe_text", "safe_image")
+    assert [r.unsafe_text for r in records] == [r["unsafe_text"] for r in rows]
+    assert records[3].safe_image == tmp_path / "nocaps" / "3.jpg" and records[3].category == rows[3]["category"]
+
+    assert main(["eval", "safer-t2v", "--data", str(path), "--image-root", str(tmp_path / "nocaps"),
+                 "--model", f"base={tiny_clip_dir}", "--out", str(tmp_path / "res")]) == 0
+    out = json.loads((tmp_path / "res" / "safer_t2v.json").read_text())
+    assert out["protocol"].startswith("safer-clip T*->V") and out["n"] == 10
+    bundle = load_clip(tiny_clip_dir)
+    emb = embed_quadruplets(bundle.text, bundle.vision, bundle.tokenizer, bundle.image_processor, records)
+    expected = safer_t2v(emb["unsafe_text"], emb["safe_image"])
+    assert out["models"]["base"] == {k: torch.tensor(v).item() for k, v in expected.items()}
+    assert "| base |" in (tmp_path / "res" / "safer_t2v.md").read_text()
+
+
+def test_eval_safer_t2v_names_unfetched_images(tmp_path, tiny_clip_dir, capsys):
+    path, _ = _nsfwcaps(tmp_path, n=4)
+    code = main(["eval", "safer-t2v", "--data", str(path), "--image-root", str(tmp_path / "elsewhere"),
+                 "--model", str(tiny_clip_dir), "--out", str(tmp_path / "res")])
+    err = capsys.readouterr().err
+    assert code == 2 and "elsewhere" in err and "does not exist" in err

@@ -7,6 +7,9 @@ import importlib.util
 from pathlib import Path
 
 
+FORMATS = ["auto", "visu", "visu-text", "table", "nsfwcaps"]
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("eval", help="evaluate models (retrieval, generators, NSFW rates)",
                                    description="Evaluation protocols; each output names the protocol it follows.")
@@ -31,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     retrieval.add_argument("--out", required=True, help="output folder for results.json and results.md")
     retrieval.add_argument("--image-root", default="", help="folder relative image paths start from (ViSU: the COCO root)")
     retrieval.add_argument("--unsafe-image-root", default="", help="folder for ViSU's nsfw_im_path entries")
-    retrieval.add_argument("--format", default="auto", choices=["auto", "visu", "visu-text", "table"], help="input format")
+    retrieval.add_argument("--format", default="auto", choices=FORMATS, help="input format")
     retrieval.add_argument("--batch-size", type=int, default=256, help="embedding batch size")
     retrieval.add_argument("--max-rows", type=int, default=0, help="evaluate only the first N rows (0: all)")
     retrieval.add_argument("--skip-bad-rows", action="store_true", help="skip and count bad rows instead of failing")
@@ -56,6 +59,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     nsfw.add_argument("--out", required=True, help="output folder")
     nsfw.add_argument("--max-queries", type=int, default=0, help="use the first N unsafe texts (0: all)")
     nsfw.set_defaults(func=run_nsfw_retrieval)
+    safer = evals.add_parser(
+        "safer-t2v",
+        help="SafeR-CLIP T*->V protocol: unsafe texts query a safe-only image gallery (R@1/5/10)",
+        description="Each unsafe caption t*_i queries the N safe images only; the ground truth is v_i, the image of "
+        "its safe caption. It asks whether a safe model still finds the right safe content for an unsafe query "
+        "(SafeR-CLIP reports it on ViSU and on NSFWCaps). Needs safe images and unsafe texts: ViSU, a quadruplet "
+        "table, or NSFWCaps rows {image_coco_url, caption, nsfw_caption, chosen_category} with the images fetched "
+        "under --image-root. Writes safer_t2v.json ({'protocol': ..., 'models': {...}}) and safer_t2v.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Examples:\n  safeclip eval safer-t2v --data nsfwcaps.json --image-root nocaps_val/ "
+        "--model clip=openai/clip-vit-large-patch14 --model safe-clip=runs/vit-l-14 --out results/nsfwcaps\n"
+        "  safeclip eval safer-t2v --data demo/world/test.jsonl --model base=demo/base --model safe-clip=demo/run "
+        "--out results/safer",
+    )
+    safer.add_argument("--data", required=True, help="pairs with safe images and unsafe texts (NSFWCaps, ViSU, table)")
+    safer.add_argument("--model", action="append", required=True, metavar="[LABEL=]MODEL", help="as in `eval retrieval`")
+    safer.add_argument("--out", required=True, help="output folder for safer_t2v.json and safer_t2v.md")
+    safer.add_argument("--image-root", default="", help="folder of the (fetched) safe images")
+    safer.add_argument("--format", default="auto", choices=FORMATS, help="input format")
+    safer.add_argument("--batch-size", type=int, default=256, help="embedding batch size")
+    safer.add_argument("--max-rows", type=int, default=0, help="evaluate only the first N rows (0: all)")
+    safer.add_argument("--skip-bad-rows", action="store_true", help="skip and count bad rows (e.g. images not fetched)")
+    safer.set_defaults(func=run_safer_t2v)
     if importlib.util.find_spec("safeclip.commands.generators") is not None:
         importlib.import_module("safeclip.commands.generators").register_eval(evals)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -91,6 +117,40 @@ def run_retrieval(args: argparse.Namespace) -> int:
     json_path, md_path = write_results(results, Path(args.out), protocol="safe-clip")
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def run_safer_t2v(args: argparse.Namespace) -> int:
+    from safeclip.checkpoint import write_json_atomic, write_text_atomic
+    from safeclip.data import read_quadruplets
+    from safeclip.eval.embed import embed_quadruplets
+    from safeclip.eval.safer_protocol import PROTOCOL, SAFER_KS, safer_t2v
+    from safeclip.models.resolve import resolve_model
+
+    records, report = read_quadruplets(args.data, fmt=args.format, image_root=args.image_root or None,
+                                       skip_bad_rows=args.skip_bad_rows, max_rows=args.max_rows)
+    print(report.summary())
+    missing = [m for m in ("safe_image", "unsafe_text") if m not in report.modalities]
+    if missing:
+        raise ValueError(f"{args.data} has no {' and no '.join(missing)}; the SafeR-CLIP T*->V protocol needs "
+                         "safe images and unsafe texts")
+    results = {}
+    for spec in args.model:
+        label, model = split_label(spec)
+        bundle = resolve_model(model)
+        emb = embed_quadruplets(bundle.text, bundle.vision, bundle.tokenizer, bundle.image_processor, records,
+                                modalities=("unsafe_text", "safe_image"), batch_size=args.batch_size, progress=True)
+        results[label] = safer_t2v(emb["unsafe_text"], emb["safe_image"])
+    out = Path(args.out)
+    write_json_atomic(out / "safer_t2v.json", {"protocol": PROTOCOL, "data": str(args.data), "n": len(records),
+                                               "models": results})
+    keys = [f"R@{k}" for k in SAFER_KS]
+    table = "\n".join([f"{PROTOCOL} ({len(records)} pairs of {args.data}), percent.", "",
+                       "| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+                      + [f"| {label} | " + " | ".join(f"{r[k]:.1f}" for k in keys) + " |" for label, r in results.items()])
+    write_text_atomic(out / "safer_t2v.md", table + "\n")
+    print(table)
+    print(f"wrote {out / 'safer_t2v.json'} and {out / 'safer_t2v.md'}")
     return 0
 
 

@@ -8,6 +8,9 @@ Three input formats, one record type:
   ``<unsafe_image_root>/<nsfw_im_path>``.
 - ``visu-text``: ViSU-Text rows (JSON list, JSONL or CSV) with ``safe``, ``nsfw``, ``tag`` and an id
   (``coco_id`` when present gives the safe image). No unsafe images: text-only redirection.
+- ``nsfwcaps``: SafeR-CLIP's NSFWCaps rows (JSON list, JSONL or CSV) ``{image_coco_url, caption, nsfw_caption,
+  chosen_category}``: (v, t, t*) triplets, no unsafe images; the user fetches the images and keeps their file
+  names, found as ``<image_root>/<last part of image_coco_url>``.
 - ``table``: JSONL or CSV with the columns ``safe_text`` (required), ``unsafe_text``, ``safe_image``,
   ``unsafe_image``, ``category``, ``id``; image paths relative to ``image_root`` (default: the file's folder).
 
@@ -70,18 +73,28 @@ class ReadReport:
         return "; ".join(parts)
 
 
+def _is_nsfwcaps(columns) -> bool:
+    return "nsfw_caption" in columns and "image_coco_url" in columns
+
+
 def detect_format(path: Path) -> str:
     if path.suffix.lower() == ".csv":
         header = next(csv.reader(path.open(newline="", encoding="utf-8")), [])
+        if _is_nsfwcaps(header):
+            return "nsfwcaps"
         return "visu-text" if "nsfw" in header and "safe_text" not in header else "table"
     if path.suffix.lower() == ".jsonl":
         first = _first_jsonl_row(path)
+        if _is_nsfwcaps(first):
+            return "nsfwcaps"
         return "visu-text" if "nsfw" in first and "safe_text" not in first else "table"
     data = _load_json(path)
     if isinstance(data, dict):
         data = data.get("data", data)
         sample = next(iter(data.values()), {}) if data else {}
         return "visu" if isinstance(sample, dict) and "coco_id" in sample and "nsfw_im_path" in sample else "visu-text"
+    if data and isinstance(data[0], dict) and _is_nsfwcaps(data[0]):
+        return "nsfwcaps"
     return "visu-text" if data and "nsfw" in data[0] and "safe_text" not in data[0] else "table"
 
 
@@ -172,6 +185,12 @@ def _records_from_rows(path: Path, rows: list[dict], fmt: str, image_root: Path,
                 safe_image=_coco_image(image_root, row["coco_id"]) if _text(row.get("coco_id")) else None,
                 unsafe_image=unsafe_root / unsafe_image if unsafe_image else None,
                 category=str(row.get("tag") or ""), row=i))
+        elif fmt == "nsfwcaps":
+            url = _text(row.get("image_coco_url"))
+            records.append(Quadruplet(
+                id=str(row.get("id") or i), safe_text=_text(row.get("caption")), unsafe_text=_text(row.get("nsfw_caption")),
+                safe_image=image_root / url.rstrip("/").rsplit("/", 1)[-1] if url else None, unsafe_image=None,
+                category=str(row.get("chosen_category") or ""), row=i))
         else:  # visu-text
             coco_id = _text(row.get("coco_id"))
             records.append(Quadruplet(
@@ -230,10 +249,11 @@ def read_quadruplets(
     if not path.is_file():
         raise DataError(f"dataset file {path} does not exist (data.train / data.val / --data)")
     fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt not in {"visu", "visu-text", "table"}:
-        raise DataError(f"unknown dataset format '{fmt}': use auto, visu, visu-text or table")
+    if fmt not in {"visu", "visu-text", "table", "nsfwcaps"}:
+        raise DataError(f"unknown dataset format '{fmt}': use auto, visu, visu-text, table or nsfwcaps")
     rows = read_rows(path)
     required = {"table": ("safe_text",), "visu": ("coco_id", "safe", "nsfw", "nsfw_im_path", "tag"),
+                "nsfwcaps": ("image_coco_url", "caption", "nsfw_caption"),
                 "visu-text": ("safe", "nsfw")}[fmt]
     _require_columns(path, rows, required, fmt)
     if max_rows:
