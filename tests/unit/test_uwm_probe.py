@@ -1,0 +1,55 @@
+"""The UWM probe script's own pieces: the whole-image marker variant and the one-variant-per-folder guard."""
+
+import importlib.util
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from safeclip.world.categories import MARKERS
+from safeclip.world.scenes import IMAGE_SIZE, draw_marker, render, sample_scene
+
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "uwm_probe.py"
+
+
+@pytest.fixture(scope="module")
+def probe():
+    spec = importlib.util.spec_from_file_location("uwm_probe", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def changed_quadrants(before, after) -> int:
+    diff = np.abs(np.asarray(after, dtype=int) - np.asarray(before, dtype=int)).sum(-1) > 0
+    h = IMAGE_SIZE // 2
+    return sum(bool(diff[y:y + h, x:x + h].any()) for y in (0, h) for x in (0, h))
+
+
+@pytest.mark.parametrize("category", sorted(MARKERS))
+def test_global_marker_covers_the_whole_image_unlike_the_corner_tile(probe, category):
+    scene = sample_scene(random.Random(3))
+    safe = render(scene, random.Random(5))
+    assert changed_quadrants(safe, probe.draw_global_marker(safe, MARKERS[category], random.Random(7))) == 4
+    assert changed_quadrants(safe, draw_marker(safe, MARKERS[category], random.Random(7))) <= 2
+
+
+def test_one_variant_per_folder(probe, tmp_path):
+    probe.check_variant(tmp_path, {"seed": 0, "wide": False, "markers": "corner"})
+    probe.check_variant(tmp_path, {"seed": 0, "wide": False, "markers": "corner"})  # same variant: fine
+    with pytest.raises(SystemExit, match="--out"):
+        probe.check_variant(tmp_path, {"seed": 0, "wide": False, "markers": "global"})
+
+
+def test_ratio_spread_removes_the_text_weight_factor(probe):
+    class Bundle:
+        text = torch.nn.Module()
+
+    Bundle.text.proj = torch.nn.Linear(4, 3)
+    weight = Bundle.text.proj.weight.detach().abs()
+    ratio = torch.full((3, 4), 1.5)
+    spread = probe.ratio_spread({"text.proj": ratio * weight, "vision.fc2": ratio}, Bundle)
+    assert spread["text.proj"] == pytest.approx([1.5, 1.5, 1.5], abs=1e-3)
+    assert spread["vision.fc2"] == pytest.approx([1.5, 1.5, 1.5])
