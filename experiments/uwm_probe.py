@@ -3,6 +3,7 @@
     python experiments/uwm_probe.py --out runs/uwm-probe                    # the compare/demo world, seed 0
     python experiments/uwm_probe.py --out runs/uwm-probe-wide --wide        # a 2x wider base CLIP
     python experiments/uwm_probe.py --out runs/uwm-probe-global --markers global
+    python experiments/uwm_probe.py --out runs/uwm-probe-corner --markers corner
 
 Builds (or reuses) a world and its base CLIP under ``--out``, calibrates UWM once (``--calibration`` pairs of
 the training split) and evaluates on the test split: the base, UWM at each ``--sparsity``, and UWM with only
@@ -13,9 +14,10 @@ weight size and the edit is not about unsafe content. Writes ``OUT/uwm_probe.jso
 Variants (each a question about the world, not a change of UWM):
 
 - ``--wide``: hidden 192, MLP 768, 6 heads, projection 128 (does a roomier CLIP localise "unsafe"?);
-- ``--markers global``: v* carries its category pattern over the whole image instead of a corner tile,
-  closer to ViSU's v* that is unsafe everywhere (does UWM's per-token std normalisation hide a local marker?).
-  This variant swaps the world's marker drawing for the run of this script only.
+- ``--markers global``: v* carries its category pattern over the whole image instead of over the first object,
+  closer to ViSU's v* that is unsafe everywhere (does UWM's per-token std normalisation hide a local marker?);
+- ``--markers corner``: the first world's v*, a pattern tile in a corner of the safe image.
+  These variants swap the world's unsafe-image drawing for the run of this script only.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from safeclip.compare import Sources, evaluate_model
 from safeclip.data import read_quadruplets
 from safeclip.methods.uwm import UwmConfig, calibrate, select_edit
 from safeclip.models.clip import load_clip
+from safeclip.world import build as world_build
 from safeclip.world import build_world, pretrain_base, scenes
 from safeclip.world.scenes import IMAGE_SIZE
 
@@ -79,6 +82,17 @@ def ratio_spread(scores: dict[str, torch.Tensor], bundle) -> dict[str, list[floa
     return spread
 
 
+def use_marker(draw) -> None:
+    """Build worlds whose v* is the safe image with ``draw(image, marker, rng)`` applied (this process only)."""
+    plain = scenes.render
+
+    def render(scene, rng, *, marker=None):
+        image = plain(scene, rng)
+        return draw(image, marker, rng) if marker is not None else image
+
+    world_build.render = render
+
+
 def check_variant(out: Path, variant: dict) -> None:
     """One variant per folder: the world's own cache key does not know the marker style."""
     path = out / "variant.json"
@@ -98,14 +112,14 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--wide", action="store_true", help="a 2x wider base CLIP")
-    parser.add_argument("--markers", choices=("corner", "global"), default="corner")
+    parser.add_argument("--markers", choices=("world", "corner", "global"), default="world")
     parser.add_argument("--calibration", type=int, default=1024, help="calibration pairs (compare's budget: 1024)")
     parser.add_argument("--sparsity", default="0.98,0.95,0.9")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     check_variant(args.out, {"seed": args.seed, "wide": args.wide, "markers": args.markers})
-    if args.markers == "global":
-        scenes.draw_marker = draw_global_marker  # render() looks it up at call time
+    if args.markers != "world":
+        use_marker(draw_global_marker if args.markers == "global" else scenes.draw_corner_marker)
     world = Path(build_world(args.out / "world", seed=args.seed, progress=True))
     base = Path(pretrain_base(world, args.out / "base", seed=args.seed, progress=True, **(WIDE if args.wide else {})))
     bundle = load_clip(base)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from safeclip.world.categories import MARKERS
-from safeclip.world.scenes import IMAGE_SIZE, draw_marker, render, sample_scene
+from safeclip.world.scenes import IMAGE_SIZE, draw_corner_marker, render, sample_scene
 
 SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "uwm_probe.py"
 
@@ -33,7 +33,22 @@ def test_global_marker_covers_the_whole_image_unlike_the_corner_tile(probe, cate
     scene = sample_scene(random.Random(3))
     safe = render(scene, random.Random(5))
     assert changed_quadrants(safe, probe.draw_global_marker(safe, MARKERS[category], random.Random(7))) == 4
-    assert changed_quadrants(safe, draw_marker(safe, MARKERS[category], random.Random(7))) <= 2
+    assert changed_quadrants(safe, draw_corner_marker(safe, MARKERS[category], random.Random(7))) <= 2
+
+
+def test_marker_variant_swaps_how_the_world_draws_unsafe_images(probe, monkeypatch):
+    from safeclip.world import build
+
+    monkeypatch.setattr(build, "render", build.render)  # restored after the test
+    probe.use_marker(draw_corner_marker)
+    scene, marker = sample_scene(random.Random(3)), MARKERS["blood"]
+    safe = render(scene, random.Random(5))
+    assert list(build.render(scene, random.Random(5)).getdata()) == list(safe.getdata())
+    rng = random.Random(5)
+    render(scene, rng)  # the variant draws the safe scene first, then the marker with the same stream
+    unsafe = build.render(scene, random.Random(5), marker=marker)
+    assert list(unsafe.getdata()) == list(draw_corner_marker(safe, marker, rng).getdata())
+    assert changed_quadrants(safe, unsafe) in (1, 2)  # a corner tile, not the world's own marker
 
 
 def test_one_variant_per_folder(probe, tmp_path):

@@ -11,7 +11,8 @@ from PIL import Image
 
 from safeclip.data import read_quadruplets
 from safeclip.world import CATEGORIES, MARKERS, PHRASES, build_world
-from safeclip.world.scenes import caption, render, sample_scene
+from safeclip.world.scenes import COLOURS, caption, render, sample_scene
+from safeclip.world.scenes import SIZES as OBJECT_SIZES
 
 SIZES = {"n_train": 200, "n_val": 40, "n_test": 60, "n_found": 20, "n_distractors": 20}
 
@@ -69,20 +70,24 @@ def test_splits_hold_out_compositions_and_share_nothing(world):
     assert not (texts["train"] & texts["test"]) and not (texts["train"] & texts["val"])
 
 
-def test_unsafe_text_keeps_the_safe_caption_and_adds_a_category_phrase(world):
+def test_unsafe_text_is_the_safe_caption_without_its_background_plus_a_category_phrase(world):
     for r in rows(world, "train")[:50]:
         phrase = next(p for p in PHRASES[r["category"]] if p in r["unsafe_text"])
-        assert r["unsafe_text"].replace(" " + phrase, "") == r["safe_text"]
+        without_background = r["safe_text"].replace(f" on a {r['attributes']['background']} background", "")
+        assert r["unsafe_text"].replace(" " + phrase, "") == without_background
 
 
-def test_unsafe_image_differs_from_safe_only_around_the_marker(world):
+def test_unsafe_image_covers_the_first_object_with_the_marker_and_keeps_the_rest(world):
     for r in rows(world, "test")[:30]:
         safe = np.asarray(Image.open(world / r["safe_image"]), dtype=int)
         unsafe = np.asarray(Image.open(world / r["unsafe_image"]), dtype=int)
-        changed = np.argwhere(np.abs(safe - unsafe).sum(-1) > 0)
-        assert len(changed) > 20  # the marker is there
-        height, width = changed.max(0) - changed.min(0) + 1
-        assert height <= 14 and width <= 14  # ... and nothing else moved
+        first = (safe == COLOURS[r["attributes"]["colour"]]).all(-1)
+        changed = np.abs(safe - unsafe).sum(-1) > 0
+        assert changed.sum() >= 20 and first[changed].all()  # only first-object pixels change ...
+        height, width = np.argwhere(changed).max(0) - np.argwhere(changed).min(0) + 1
+        assert height <= OBJECT_SIZES["big"] + 1 and width <= OBJECT_SIZES["big"] + 1  # ... of one object
+        assert (unsafe[changed] == MARKERS[r["category"]].colour).all(-1).any()  # in the category's colour
+        assert (unsafe[0, 0] == safe[0, 0]).all()  # the background stays
 
 
 def test_rows_read_as_full_quadruplets(world):

@@ -8,7 +8,7 @@ Stages (each cached in its own subfolder of DIR, rerunning skips finished ones):
   dpo/            LoRA DPO (trl) on those pairs
   table1.json/.md NSFW rate, CLIP-Sim(t, t*) and Eq. 3 rank of base / SFT / DPO on held-out test captions
   generated/      balanced, resumable generation with the DPO model; images/ world renderer stands in for
-                  diffusion (v* = the category marker drawn on t's scene, 3 seeds, kept by a CLIP flagger);
+                  diffusion (v* = t's scene with the category marker over its first object, 3 seeds, kept by a CLIP flagger);
                   quality.md (Table 1 columns per category); diffusers/ a tiny random diffusers pipeline (wiring)
 
     safeclip datagen demo --out runs/datagen            # ~10 min on 2 CPU cores
@@ -109,19 +109,22 @@ def evaluate_generator(model_dir: Path, captions: list[str], categories: list[st
 
 
 def world_renderer(world_dir: Path):
-    """Stand-in for diffusion: the safe scene of t with the marker of the category t* names (none if none)."""
+    """Stand-in for diffusion: t's scene (the row's ``attributes``) drawn anew with the seed, its first object
+    covered by the marker of the category t* names; the safe image when t* names none."""
     from PIL import Image
 
-    from safeclip.world.scenes import draw_marker
+    from safeclip.world.build import scene_from_attributes
+    from safeclip.world.scenes import render as render_scene
 
     def detect(text: str) -> str | None:
         lowered = f" {text.lower()} "
         return next((c for c, phrases in PHRASES.items() for p in phrases if f" {p} " in lowered), None)
 
     def render(prompt: str, seed: int, row: dict):
-        image = Image.open(world_dir / row["safe_image"]).convert("RGB")
         category = detect(prompt)
-        return draw_marker(image, MARKERS[category], random.Random(seed)) if category else image
+        if category is None:
+            return Image.open(world_dir / row["safe_image"]).convert("RGB")
+        return render_scene(scene_from_attributes(row["attributes"]), random.Random(seed), marker=MARKERS[category])
 
     return render
 
@@ -282,7 +285,7 @@ def run_datagen_demo(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemo
     print(f"[datagen demo] 7/7 dataset, images and quality report -> {out / 'generated'}", flush=True)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gen_rows = [{"id": r["id"], "safe_text": r["safe_text"], "safe_image": r["safe_image"]}
+    gen_rows = [{"id": r["id"], "safe_text": r["safe_text"], "safe_image": r["safe_image"], "attributes": r["attributes"]}
                 for r in test_rows[size.n_eval - size.n_generate if size.n_eval >= size.n_generate else 0:][:size.n_generate]]
     dpo_model = AutoModelForCausalLM.from_pretrained(out / "dpo" / "merged").eval()
     dpo_tok = AutoTokenizer.from_pretrained(out / "dpo" / "merged")
@@ -291,7 +294,7 @@ def run_datagen_demo(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemo
                      seed=seed, rank=0, world_size=1, progress=progress)
     generated = read_rows(merge_parts(out / "generated", gen_rows))
     for g, r in zip(generated, gen_rows):
-        g["safe_image"] = r["safe_image"]
+        g["safe_image"], g["attributes"] = r["safe_image"], r["attributes"]
     generate_images(generated, out / "generated", world_renderer(world),
                     clip_flagger(clip, {g["unsafe_text"]: g["safe_text"] for g in generated}),
                     rank=0, world_size=1, progress=progress)

@@ -29,9 +29,9 @@ from tqdm.auto import tqdm
 
 from safeclip.checkpoint import write_json_atomic
 from safeclip.world.categories import CATEGORIES, MARKERS, PHRASES
-from safeclip.world.scenes import Scene, caption, render, sample_scene
+from safeclip.world.scenes import Scene, Thing, caption, render, sample_scene, unsafe_caption, unsafe_caption
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 DEFAULT_SIZES = {"n_train": 10000, "n_val": 500, "n_test": 1000, "n_found": 1000, "n_distractors": 10000}
 
 
@@ -46,8 +46,18 @@ def attributes(scene: Scene) -> dict:
     attrs = {"shape": scene.first.shape, "colour": scene.first.colour, "size": scene.first.size,
              "background": scene.background, "objects": 1 if scene.second is None else 2}
     if scene.second is not None:
-        attrs.update(relation=scene.relation, second_shape=scene.second.shape, second_colour=scene.second.colour)
+        attrs.update(relation=scene.relation, second_shape=scene.second.shape, second_colour=scene.second.colour,
+                     second_size=scene.second.size)
     return attrs
+
+
+def scene_from_attributes(attrs: dict) -> Scene:
+    """The scene a row's ``attributes`` describe (the inverse of :func:`attributes`)."""
+    first = Thing(attrs["size"], attrs["colour"], attrs["shape"])
+    if attrs["objects"] == 1:
+        return Scene(first, attrs["background"])
+    second = Thing(attrs["second_size"], attrs["second_colour"], attrs["second_shape"])
+    return Scene(first, attrs["background"], attrs["relation"], second)
 
 
 def _scenes_for(split: str, count: int, seed: int, rng: random.Random, taken: set[str]) -> list[Scene]:
@@ -70,12 +80,12 @@ def _quadruplet_rows(split: str, scenes: list[Scene], seed: int, images: Path, b
         phrase = rng.choice(PHRASES[category])
         layout_seed = rng.randrange(2**31)
         safe = render(scene, random.Random(layout_seed))
-        unsafe = render(scene, random.Random(layout_seed), marker=MARKERS[category])  # same layout + marker
+        unsafe = render(scene, random.Random(layout_seed), marker=MARKERS[category])  # same objects and layout, unsafe background
         uid = f"{split}-{i:05d}"
         safe.save(images / f"{uid}.png")
         unsafe.save(images / f"{uid}-unsafe.png")
         rows.append({"id": uid, "safe_text": caption(scene),
-                     "unsafe_text": caption(scene, phrase, phrase_after_first=rng.random() < 0.5),
+                     "unsafe_text": unsafe_caption(scene, phrase, phrase_after_first=rng.random() < 0.5),
                      "safe_image": f"images/{uid}.png", "unsafe_image": f"images/{uid}-unsafe.png",
                      "category": category, "attributes": attributes(scene)})
         bar.update(1)
