@@ -24,13 +24,11 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import CLIPModel
 
 from safeclip.data.quadruplets import read_rows
-from safeclip.models.clip import tiny_clip_config, tiny_image_processor
-from safeclip.models.tokenizer import train_clip_tokenizer
+from safeclip.models.clip import tiny_image_processor
 from safeclip.world import build_world
-from safeclip.world.pretrain import PretrainSettings, _pixel_tensor
+from safeclip.world.pretrain import PretrainSettings, pixel_tensor, untrained_base
 from safeclip.world.scenes import IMAGE_SIZE
 
 
@@ -47,17 +45,12 @@ def main(argv: list[str] | None = None) -> dict:
                             n_distractors=20, progress=False)
         rows = read_rows(world / "train.jsonl")
         texts = [r["safe_text"] for r in rows] + [r["unsafe_text"] for r in rows]
-        pixels = _pixel_tensor([world / r["safe_image"] for r in rows] + [world / r["unsafe_image"] for r in rows],
+        pixels = pixel_tensor([world / r["safe_image"] for r in rows] + [world / r["unsafe_image"] for r in rows],
                                tiny_image_processor(IMAGE_SIZE))
-    tokenizer = train_clip_tokenizer(texts, vocab_size=settings.vocab_size, model_max_length=settings.max_text_length)
-    config = tiny_clip_config(tokenizer, image_size=IMAGE_SIZE, patch_size=settings.patch_size,
-                              hidden_size=settings.hidden_size, projection_dim=settings.projection_dim,
-                              num_layers=settings.num_layers, num_heads=settings.num_heads,
-                              intermediate_size=settings.intermediate_size)
+    tokenizer, first = untrained_base(texts, settings)
     paddings = ("max_length", "longest")
     tokens = {p: tokenizer(texts, padding=p, truncation=True, max_length=settings.max_text_length, return_tensors="pt")
               for p in paddings}
-    first = CLIPModel(config)
     models = {p: copy.deepcopy(first) for p in paddings}
 
     with torch.no_grad():  # same weights, same captions: the paddings must give the same embeddings

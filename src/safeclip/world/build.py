@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from safeclip.checkpoint import write_json_atomic
 from safeclip.world.categories import CATEGORIES, MARKERS, PHRASES
-from safeclip.world.scenes import Scene, Thing, caption, render, sample_scene, unsafe_caption, unsafe_caption
+from safeclip.world.scenes import Scene, Thing, caption, render, sample_scene, unsafe_caption
 
 WORLD_VERSION = 2
 DEFAULT_SIZES = {"n_train": 10000, "n_val": 500, "n_test": 1000, "n_found": 1000, "n_distractors": 10000}
@@ -80,7 +80,7 @@ def _quadruplet_rows(split: str, scenes: list[Scene], seed: int, images: Path, b
         phrase = rng.choice(PHRASES[category])
         layout_seed = rng.randrange(2**31)
         safe = render(scene, random.Random(layout_seed))
-        unsafe = render(scene, random.Random(layout_seed), marker=MARKERS[category])  # same objects and layout, unsafe background
+        unsafe = render(scene, random.Random(layout_seed), marker=MARKERS[category])  # same layout, first object under the marker
         uid = f"{split}-{i:05d}"
         safe.save(images / f"{uid}.png")
         unsafe.save(images / f"{uid}-unsafe.png")

@@ -59,7 +59,17 @@ class PretrainSettings:
             raise ValueError(f"text_padding must be 'longest' or 'max_length', not {self.text_padding!r}")
 
 
-def _pixel_tensor(paths: list[Path], image_processor) -> torch.Tensor:
+def untrained_base(captions: list[str], settings: PretrainSettings) -> tuple:
+    """A CLIP tokenizer trained on ``captions`` and a randomly initialised ``CLIPModel`` of ``settings``' size."""
+    tokenizer = train_clip_tokenizer(captions, vocab_size=settings.vocab_size, model_max_length=settings.max_text_length)
+    config = tiny_clip_config(tokenizer, image_size=IMAGE_SIZE, patch_size=settings.patch_size,
+                              hidden_size=settings.hidden_size, projection_dim=settings.projection_dim,
+                              num_layers=settings.num_layers, num_heads=settings.num_heads,
+                              intermediate_size=settings.intermediate_size)
+    return tokenizer, CLIPModel(config)
+
+
+def pixel_tensor(paths: list[Path], image_processor) -> torch.Tensor:
     """CLIP-normalised ``(N, 3, H, W)`` pixels; world images are already at the model's size."""
     mean = torch.tensor(image_processor.image_mean).view(1, 3, 1, 1)
     std = torch.tensor(image_processor.image_std).view(1, 3, 1, 1)
@@ -90,20 +100,15 @@ def pretrain_base(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *, s
     started = time.perf_counter()
 
     rows = read_rows(world / "train.jsonl")
-    tokenizer = train_clip_tokenizer([r["safe_text"] for r in rows] + [r["unsafe_text"] for r in rows],
-                                     vocab_size=settings.vocab_size, model_max_length=settings.max_text_length)
+    captions = [r["safe_text"] for r in rows] + [r["unsafe_text"] for r in rows]
+    tokenizer, model = untrained_base(captions, settings)
     image_processor = tiny_image_processor(IMAGE_SIZE)
-    config = tiny_clip_config(tokenizer, image_size=IMAGE_SIZE, patch_size=settings.patch_size,
-                              hidden_size=settings.hidden_size, projection_dim=settings.projection_dim,
-                              num_layers=settings.num_layers, num_heads=settings.num_heads,
-                              intermediate_size=settings.intermediate_size)
-    model = CLIPModel(config)
 
     # Decode and tokenize once: (N, ...) tensors for safe and unsafe sides.
-    texts = tokenizer([r["safe_text"] for r in rows] + [r["unsafe_text"] for r in rows],
+    texts = tokenizer(captions,
                       padding=settings.text_padding, truncation=True, max_length=settings.max_text_length,
                       return_tensors="pt")
-    pixels = _pixel_tensor([world / r["safe_image"] for r in rows] + [world / r["unsafe_image"] for r in rows], image_processor)
+    pixels = pixel_tensor([world / r["safe_image"] for r in rows] + [world / r["unsafe_image"] for r in rows], image_processor)
     n = len(rows)
     scenes_per_batch = settings.batch_size // 2
     steps_per_epoch = n // scenes_per_batch
