@@ -4,12 +4,19 @@
     python experiments/uwm_probe.py --out runs/uwm-probe-wide --wide        # a 2x wider base CLIP
     python experiments/uwm_probe.py --out runs/uwm-probe-global --markers global
     python experiments/uwm_probe.py --out runs/uwm-probe-corner --markers corner
+    python experiments/uwm_probe.py --out runs/uwm-probe-random --batch-pairs random
 
 Builds (or reuses) a world and its base CLIP under ``--out``, calibrates UWM once (``--calibration`` pairs of
 the training split) and evaluates on the test split: the base, UWM at each ``--sparsity``, and UWM with only
-the text or only the vision edit. It also reports the spread of the per-weight unsafe/safe score ratio per
+the text or only the vision edit, UWM with one selection per category (their union, ``categories=each``),
+and a gradient-chosen edit of the same layers (below). It also reports the spread of the per-weight unsafe/safe score ratio per
 edited layer (1st, 50th, 99th percentile): when that ratio is flat, the top of the score mass is chosen by
 weight size and the edit is not about unsafe content. Writes ``OUT/uwm_probe.json`` and ``OUT/uwm_probe.md``.
+
+The gradient-chosen edit asks whether *any* few weights of those layers carry "unsafe" apart from the rest:
+it ranks the weights by w * dL/dw of the unsafe preference L = mean over the calibration pairs of
+cos(t*, v*) - cos(t*, v) + cos(v*, t*) - cos(v*, t) and prunes (or negates) the top 2% of each layer. It is
+an upper reference for a sparse edit, not UWM (UWM is training-free and gradient-free).
 
 Variants (each a question about the world, not a change of UWM):
 
@@ -18,6 +25,8 @@ Variants (each a question about the world, not a change of UWM):
   closer to ViSU's v* that is unsafe everywhere (does UWM's per-token std normalisation hide a local marker?);
 - ``--markers corner``: the first world's v*, a pattern tile in a corner of the safe image.
   These variants swap the world's unsafe-image drawing for the run of this script only.
+- ``--batch-pairs random``: the base CLIP sees random safe and unsafe pairs per batch, as web data would,
+  instead of each scene's two pairs side by side (is the in-batch hard negative what spreads "unsafe"?).
 """
 
 from __future__ import annotations
@@ -29,12 +38,16 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from PIL import ImageDraw
+from torch.utils.data import DataLoader
 
 from safeclip.checkpoint import write_json_atomic
 from safeclip.compare import Sources, evaluate_model
 from safeclip.data import read_quadruplets
-from safeclip.methods.uwm import UwmConfig, calibrate, select_edit
+from safeclip.data.loader import QuadrupletCollator, QuadrupletDataset
+from safeclip.data.quadruplets import MODALITIES
+from safeclip.methods.uwm import UwmConfig, calibrate, category_groups, named_linears, select_edit, weight_edit
 from safeclip.models.clip import load_clip
 from safeclip.world import build as world_build
 from safeclip.world import build_world, pretrain_base, scenes
@@ -82,6 +95,41 @@ def ratio_spread(scores: dict[str, torch.Tensor], bundle) -> dict[str, list[floa
     return spread
 
 
+def unsafe_preference_gradients(bundle, records, cfg: UwmConfig) -> dict[str, torch.Tensor]:
+    """``w * dL/dw`` (clamped at 0) of UWM's layers for L = how much unsafe queries prefer the unsafe item."""
+    layers = {f"text.{n}": m for n, m in named_linears(bundle.text, cfg.text_layers).items()}
+    layers |= {f"vision.{n}": m for n, m in named_linears(bundle.vision, cfg.vision_layers).items()}
+    params = [p for p in list(bundle.text.parameters()) + list(bundle.vision.parameters()) if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    for m in layers.values():
+        m.weight.requires_grad_(True)
+        m.weight.grad = None
+    loader = DataLoader(QuadrupletDataset(records, bundle.image_processor, list(MODALITIES)), batch_size=128,
+                        collate_fn=QuadrupletCollator(bundle.tokenizer))
+
+    def embed(batch, half):
+        text = bundle.text(input_ids=batch[f"{half}_input_ids"], attention_mask=batch[f"{half}_attention_mask"])
+        return F.normalize(text.text_embeds, dim=-1), F.normalize(bundle.vision(pixel_values=batch[f"{half}_pixels"]).image_embeds, dim=-1)
+
+    for batch in loader:
+        (t, v), (t_u, v_u) = embed(batch, "safe"), embed(batch, "unsafe")
+        preference = (t_u * v_u).sum(-1) - (t_u * v).sum(-1) + (v_u * t_u).sum(-1) - (v_u * t).sum(-1)
+        (preference.sum() / len(records)).backward()
+    scores = {k: (m.weight.grad * m.weight).detach().clamp(min=0) for k, m in layers.items()}
+    for m in layers.values():
+        m.weight.grad = None
+        m.weight.requires_grad_(False)
+    for p in params:
+        p.requires_grad_(True)
+    return scores
+
+
+def top_share(scores: dict[str, torch.Tensor], share: float) -> dict[str, torch.Tensor]:
+    """Flat indices of each layer's top ``share`` of weights by score."""
+    return {k: torch.topk(s.flatten(), max(1, int(share * s.numel()))).indices.sort().values for k, s in scores.items()}
+
+
 def use_marker(draw) -> None:
     """Build worlds whose v* is the safe image with ``draw(image, marker, rng)`` applied (this process only)."""
     plain = scenes.render
@@ -115,29 +163,41 @@ def main(argv=None) -> dict:
     parser.add_argument("--markers", choices=("world", "corner", "global"), default="world")
     parser.add_argument("--calibration", type=int, default=1024, help="calibration pairs (compare's budget: 1024)")
     parser.add_argument("--sparsity", default="0.98,0.95,0.9")
+    parser.add_argument("--batch-pairs", choices=("scene", "random"), default="scene",
+                        help="how the base CLIP's batches pair safe and unsafe items (PretrainSettings.batch_pairs)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    check_variant(args.out, {"seed": args.seed, "wide": args.wide, "markers": args.markers})
+    check_variant(args.out, {"seed": args.seed, "wide": args.wide, "markers": args.markers, "batch_pairs": args.batch_pairs})
     if args.markers != "world":
         use_marker(draw_global_marker if args.markers == "global" else scenes.draw_corner_marker)
     world = Path(build_world(args.out / "world", seed=args.seed, progress=True))
-    base = Path(pretrain_base(world, args.out / "base", seed=args.seed, progress=True, **(WIDE if args.wide else {})))
+    base = Path(pretrain_base(world, args.out / "base", seed=args.seed, progress=True, batch_pairs=args.batch_pairs,
+                              **(WIDE if args.wide else {})))
     bundle = load_clip(base)
     train, _ = read_quadruplets(world / "train.jsonl")
     test, _ = read_quadruplets(world / "test.jsonl")
     sources = Sources(base=str(base), train=str(world / "train.jsonl"), test=str(world / "test.jsonl"))
     results = {"base": row(evaluate_model(bundle, test, sources))}
-    scores = calibrate(bundle, random.Random(args.seed).sample(train, args.calibration), UwmConfig(), progress=True)
-    edits = {f"uwm {s}": (scores, float(s)) for s in args.sparsity.split(",")}
+    calibration = random.Random(args.seed).sample(train, args.calibration)
+    scores = calibrate(bundle, calibration, UwmConfig(), progress=True)
+    per_category = [calibrate(bundle, group, UwmConfig()) for group in category_groups(calibration, "each").values()]
+    edits = {f"uwm {s}": select_edit(bundle, scores, UwmConfig(sparsity=float(s))) for s in args.sparsity.split(",")}
     for side in ("text", "vision"):
-        edits[f"uwm 0.98 {side} only"] = ({k: v for k, v in scores.items() if k.startswith(side)}, 0.98)
-    for name, (chosen, sparsity) in edits.items():
-        edit = select_edit(bundle, chosen, UwmConfig(sparsity=sparsity))
+        edits[f"uwm 0.98 {side} only"] = select_edit(bundle, {k: v for k, v in scores.items() if k.startswith(side)},
+                                                     UwmConfig())
+    edits["uwm 0.98 per category (union)"] = select_edit(bundle, per_category, UwmConfig())
+    gradients = unsafe_preference_gradients(bundle, calibration, UwmConfig())
+    chosen = top_share(gradients, 0.02)
+    for alpha, verb in ((0.0, "pruned"), (-1.0, "negated")):
+        edits[f"gradient-chosen 2%, {verb}"] = weight_edit(bundle, chosen, alpha)
+    for name, edit in edits.items():
         edit.apply(bundle)
         results[name] = row(evaluate_model(bundle, test, sources))
         edit.undo(bundle)
         print(name, results[name], flush=True)
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
+              "edited_share": {name: round(sum(edit.counts().values()) / sum(s.numel() for s in scores.values()), 4)
+                               for name, edit in edits.items()},
               "score_ratio_percentiles_1_50_99": ratio_spread(scores, bundle),
               "seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(args.out / "uwm_probe.json", report)

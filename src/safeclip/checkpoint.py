@@ -31,6 +31,14 @@ def write_json_atomic(path: str | os.PathLike, data) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def remove_path(path: Path) -> None:
+    """Remove a folder, or a link to one without touching what it points to; nothing if absent."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def write_folder_atomic(target: str | os.PathLike, fill: Callable[[Path], None]) -> Path:
     """Call ``fill(tmp_dir)`` then move ``tmp_dir`` to ``target``, replacing an existing folder."""
     target = Path(target)
@@ -40,10 +48,10 @@ def write_folder_atomic(target: str | os.PathLike, fill: Callable[[Path], None])
         fill(tmp)
         if target.exists():
             old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            remove_path(old)
             os.replace(target, old)
             os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
+            remove_path(old)
         else:
             os.replace(tmp, target)
     finally:

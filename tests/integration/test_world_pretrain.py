@@ -7,6 +7,7 @@ from transformers import CLIPModel
 
 from safeclip.models.clip import load_clip
 from safeclip.world import build_world, pretrain_base
+from safeclip.world.pretrain import PretrainSettings
 
 SMALL = {"epochs": 3, "batch_size": 64, "hidden_size": 32, "num_layers": 1, "intermediate_size": 64,
          "projection_dim": 32, "patch_size": 8, "vocab_size": 400, "warmup_steps": 2}
@@ -29,6 +30,8 @@ def test_pretrained_base_loads_like_any_clip_and_learned(base):
     assert last < first - 0.2, (first, last)
     meta = json.loads((folder / "base.json").read_text())
     assert meta["key"]["settings"]["seed"] == 0 and meta["key"]["world"]["n_train"] == 320
+    # A setting added later stays out of the key at its default, so bases built before it existed are reused.
+    assert "batch_pairs" not in meta["key"]["settings"]
 
 
 def test_second_call_is_a_cache_hit_and_other_settings_rebuild(base):
@@ -43,3 +46,13 @@ def test_world_cli_reports_missing_world(tmp_path, capsys):
 
     assert main(["world", "pretrain", "--world", str(tmp_path / "nope"), "--out", str(tmp_path / "b")]) == 2
     assert "not a built world" in capsys.readouterr().err
+
+
+def test_random_batches_learn_too_and_unknown_pairing_is_refused(base, tmp_path):
+    world, _ = base
+    folder = pretrain_base(world, tmp_path / "random", seed=0, progress=False, batch_pairs="random", **SMALL)
+    log = [json.loads(line)["loss"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert sum(log[-3:]) / 3 < sum(log[:3]) / 3 - 0.2
+    assert json.loads((folder / "base.json").read_text())["key"]["settings"]["batch_pairs"] == "random"
+    with pytest.raises(ValueError, match="batch_pairs must be 'scene' or 'random'"):
+        PretrainSettings(batch_pairs="pairs")

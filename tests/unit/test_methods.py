@@ -1,5 +1,9 @@
 """The methods interface: registry, SafeR-CLIP proximity targets and curriculum, UWM's reversible edit."""
 
+import random
+from dataclasses import replace
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -7,7 +11,8 @@ from safeclip.data import read_quadruplets
 from safeclip.methods import Budget, MethodInputs, get_method
 from safeclip.methods.safer_clip import (SaferClipConfig, curriculum_buckets, epoch_stage, proximity_targets,
                                          relative_redirection)
-from safeclip.methods.uwm import UwmConfig, WeightEdit, calibrate, select_by_mass, select_edit, token_statistics
+from safeclip.methods.uwm import (UwmConfig, WeightEdit, calibrate, category_groups, select_by_mass, select_edit,
+                                  token_statistics, uwm_summary)
 from safeclip.models.clip import encode_texts, load_clip
 from tests.fixtures import write_quadruplets
 
@@ -111,6 +116,46 @@ def test_uwm_method_reuses_its_saved_edit(tiny_clip_dir, quads, tmp_path):
         assert torch.equal(a, b), k
     with pytest.raises(ValueError, match="bad setting"):
         get_method("uwm")(MethodInputs(base=tiny_clip_dir, train=quads, out_dir=tmp_path / "x", overrides=["nope=1"]))
+    # The saved edit is not reused for other settings (a run-only setting such as batch_size does not matter).
+    with pytest.raises(ValueError, match=r"other settings \(sparsity\)"):
+        get_method("uwm")(replace(inputs, overrides=["sparsity=0.95"]))
+    get_method("uwm")(replace(inputs, overrides=["sparsity=0.9", "batch_size=4"]))
+
+
+def test_uwm_category_groups():
+    records = [SimpleNamespace(category=c) for c in ("blood", "hate", "blood", "weapons")]
+    assert list(category_groups(records, "")) == ["all"] and len(category_groups(records, "")["all"]) == 4
+    groups = category_groups(records, "each")
+    assert list(groups) == ["blood", "hate", "weapons"] and [len(g) for g in groups.values()] == [2, 1, 1]
+    assert list(category_groups(records, "weapons, blood")) == ["weapons", "blood"]
+    with pytest.raises(ValueError, match="'nudity'.*blood, hate, weapons"):
+        category_groups(records, "nudity")
+    with pytest.raises(ValueError, match="1 rows have none"):
+        category_groups(records + [SimpleNamespace(category="")], "each")
+
+
+def test_uwm_union_of_category_selections(tiny_clip_dir):
+    bundle = load_clip(tiny_clip_dir)
+    key = "text." + next(n for n, m in bundle.text.named_modules() if n.endswith("out_proj"))
+    shape = bundle.text.get_submodule(key.split(".", 1)[1]).weight.shape
+    first, second = torch.ones(shape), torch.ones(shape)
+    first.view(-1)[3], second.view(-1)[7] = 1e9, 1e9  # each category's mass sits on its own weight
+    cfg = UwmConfig(sparsity=0.98)
+    assert select_edit(bundle, {key: first}, cfg).index[key].tolist() == [3]
+    union = select_edit(bundle, [{key: second}, {key: first}, {key: first}], cfg)
+    assert union.index[key].tolist() == [3, 7]
+    assert torch.equal(union.original[key], bundle.text.get_submodule(key.split(".", 1)[1]).weight.view(-1)[[3, 7]])
+
+
+def test_uwm_method_per_category(tiny_clip_dir, quads, tmp_path):
+    inputs = MethodInputs(base=tiny_clip_dir, train=quads, out_dir=tmp_path / "uwm", budget=Budget(calibration_rows=16),
+                          overrides=["sparsity=0.9", "categories=each"], progress=False)
+    get_method("uwm")(inputs)
+    summary = uwm_summary(tmp_path / "uwm")
+    records, _ = read_quadruplets(quads)
+    sampled = random.Random(inputs.seed).sample(records, 16)
+    assert summary["selections"] == {c: sum(r.category == c for r in sampled) for c in sorted({r.category for r in sampled})}
+    assert summary["config"]["categories"] == "each"
 
 
 def test_safer_clip_trains_adapters_and_caches_targets(tiny_clip_dir, quads, tmp_path):

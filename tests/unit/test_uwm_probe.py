@@ -68,3 +68,27 @@ def test_ratio_spread_removes_the_text_weight_factor(probe):
     spread = probe.ratio_spread({"text.proj": ratio * weight, "vision.fc2": ratio}, Bundle)
     assert spread["text.proj"] == pytest.approx([1.5, 1.5, 1.5], abs=1e-3)
     assert spread["vision.fc2"] == pytest.approx([1.5, 1.5, 1.5])
+
+
+def test_gradient_reference_scores_uwm_layers_and_leaves_the_model_as_it_was(probe, tiny_clip_dir, tmp_path):
+    from safeclip.data import read_quadruplets
+    from safeclip.methods.uwm import UwmConfig
+    from safeclip.models.clip import load_clip
+    from tests.fixtures import write_quadruplets
+
+    bundle = load_clip(tiny_clip_dir)
+    records, _ = read_quadruplets(write_quadruplets(tmp_path, 8))
+    params = list(bundle.text.parameters()) + list(bundle.vision.parameters())
+    flags = [p.requires_grad for p in params]
+    before = [p.detach().clone() for p in params]
+    scores = probe.unsafe_preference_gradients(bundle, records, UwmConfig())
+    assert {k.rsplit(".", 1)[-1] for k in scores} == {"out_proj", "fc2"}
+    assert {k.split(".")[0] for k in scores} == {"text", "vision"}
+    assert all((s >= 0).all() and s.sum() > 0 for s in scores.values())
+    assert [p.requires_grad for p in params] == flags and all(p.grad is None for p in params)
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    chosen = probe.top_share(scores, 0.02)
+    for key, index in chosen.items():
+        flat = scores[key].flatten()
+        assert len(index) == max(1, int(0.02 * flat.numel()))
+        assert flat[index].min() >= flat[~torch.isin(torch.arange(flat.numel()), index)].max()

@@ -23,6 +23,12 @@ Steps (facts: ``/work/shared/notes/peers.md``; the authors' code is github.com/M
    weight past ``sparsity`` (0.98: the top 2% of the score mass) is selected.
 6. The selected weights are multiplied by ``alpha`` (-1: negation, UWM; 0: the pruning baseline).
 
+Per-category edits (``categories``; the authors' code keeps one mask per concept and applies their union, or
+one concept's mask): ``categories=each`` scores and selects on each category's calibration pairs separately
+and negates the union of the selections; ``categories=blood,weapons`` does the same for the named categories
+only, so a user can remove some concepts and keep the others. The default (empty) is one selection from all
+pairs, the paper's ViSU setting.
+
 The edit keeps each selected weight's flat index and original value (``edit.safetensors``), so
 :meth:`WeightEdit.undo` writes the exact original numbers back, and :meth:`WeightEdit.apply` refuses a
 base model whose weights differ from the ones calibrated. Output: ``out_dir/edit.safetensors``,
@@ -51,6 +57,7 @@ from safeclip.methods.base import MethodInputs, parse_method_overrides
 from safeclip.models.clip import ClipBundle, load_clip
 
 EPS = 1e-8
+RUN_ONLY = ("batch_size", "device")  # UwmConfig fields that do not change the edit
 
 
 @dataclass
@@ -63,6 +70,9 @@ class UwmConfig:
     vision_layers: str = "fc2"  # vision-encoder Linear names whose inputs are scored (comma-separated)
     edit_text: bool = True  # edit the text encoder
     edit_vision: bool = True  # edit the vision encoder
+    # "": one selection from all calibration pairs (paper); "each": one per category, their union is edited;
+    # "cat1,cat2": the union of these categories' selections only (names as in the rows' "category")
+    categories: str = ""
     batch_size: int = 64  # calibration pairs per forward pass
     device: str = ""  # "cpu", "cuda", ...; empty: cuda when available
 
@@ -108,7 +118,7 @@ def pair_score(weight: torch.Tensor, safe: tuple[torch.Tensor, torch.Tensor], un
     return (o_u / (o_s + EPS)).T @ (u_u / (u_s + EPS))  # sum_b outer(o ratio, u ratio)
 
 
-def _linears(encoder: torch.nn.Module, names: str) -> dict[str, torch.nn.Linear]:
+def named_linears(encoder: torch.nn.Module, names: str) -> dict[str, torch.nn.Linear]:
     wanted = {n.strip() for n in names.split(",") if n.strip()}
     found = {name: mod for name, mod in encoder.named_modules()
              if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in wanted}
@@ -135,8 +145,8 @@ def capture_inputs(layers: dict[str, torch.nn.Linear]):
 def calibrate(bundle: ClipBundle, records, cfg: UwmConfig, *, progress: bool = False) -> dict[str, torch.Tensor]:
     """Scores ``{"text.<module>" | "vision.<module>": (d_out, d_in)}`` from (safe, unsafe) pairs of ``records``."""
     sides = [s for s, on in (("text", cfg.edit_text), ("vision", cfg.edit_vision)) if on]
-    layers = {"text": _linears(bundle.text, cfg.text_layers) if cfg.edit_text else {},
-              "vision": _linears(bundle.vision, cfg.vision_layers) if cfg.edit_vision else {}}
+    layers = {"text": named_linears(bundle.text, cfg.text_layers) if cfg.edit_text else {},
+              "vision": named_linears(bundle.vision, cfg.vision_layers) if cfg.edit_vision else {}}
     modalities = [m for m in MODALITIES if (m.endswith("text") and cfg.edit_text) or (m.endswith("image") and cfg.edit_vision)]
     dataset = QuadrupletDataset(records, bundle.image_processor, modalities)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=QuadrupletCollator(bundle.tokenizer))
@@ -248,14 +258,40 @@ class WeightEdit:
         return cls({k: tensors[f"{k}::index"] for k in keys}, {k: tensors[f"{k}::original"] for k in keys}, alpha)
 
 
-def select_edit(bundle: ClipBundle, scores: dict[str, torch.Tensor], cfg: UwmConfig) -> WeightEdit:
-    """The per-layer adaptive selection of :func:`select_by_mass` as a (not yet applied) :class:`WeightEdit`."""
-    index, original = {}, {}
-    for key, score in scores.items():
-        idx = select_by_mass(score, cfg.sparsity)
-        index[key] = idx
-        original[key] = _module(bundle, key).weight.detach().view(-1)[idx].clone()
-    return WeightEdit(index, original, cfg.alpha)
+def select_edit(bundle: ClipBundle, scores: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]],
+                cfg: UwmConfig) -> WeightEdit:
+    """The per-layer adaptive selection of :func:`select_by_mass` as a (not yet applied) :class:`WeightEdit`.
+
+    ``scores`` may be a list (one score set per category): each is selected on its own and the edit holds
+    the union of the selected weights.
+    """
+    score_sets = scores if isinstance(scores, list) else [scores]
+    index = {key: torch.cat([select_by_mass(s[key], cfg.sparsity) for s in score_sets]).unique(sorted=True)
+             for key in score_sets[0]}
+    return weight_edit(bundle, index, cfg.alpha)
+
+
+def weight_edit(bundle: ClipBundle, index: dict[str, torch.Tensor], alpha: float) -> WeightEdit:
+    """A (not yet applied) edit of the weights at ``index`` (flat, per ``"text.<module>"`` key), keeping their values."""
+    return WeightEdit(index, {k: _module(bundle, k).weight.detach().view(-1)[i].clone() for k, i in index.items()}, alpha)
+
+
+def category_groups(records: list, categories: str) -> dict[str, list]:
+    """Calibration pairs per selection: ``{"all": records}`` or ``{category: its records}`` (``categories``)."""
+    if not categories:
+        return {"all": list(records)}
+    by_category: dict[str, list] = {}
+    for record in records:
+        by_category.setdefault(record.category, []).append(record)
+    if "" in by_category:
+        raise ValueError(f"uwm categories={categories!r} needs a category on every calibration row; "
+                         f"{len(by_category[''])} rows have none (add a 'category' column or leave categories empty)")
+    wanted = sorted(by_category) if categories == "each" else [c.strip() for c in categories.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in by_category]
+    if unknown:
+        raise ValueError(f"uwm categories: no calibration pairs of {', '.join(map(repr, unknown))}; the calibration "
+                         f"rows hold {', '.join(sorted(by_category))} (or use categories=each)")
+    return {c: by_category[c] for c in wanted}
 
 
 def run_uwm(inputs: MethodInputs) -> ClipBundle:
@@ -268,6 +304,11 @@ def run_uwm(inputs: MethodInputs) -> ClipBundle:
     bundle.vision.to(device)
     edit_path = out / "edit.safetensors"
     if (out / "uwm.json").is_file() and edit_path.is_file():
+        saved, wanted = {**asdict(UwmConfig()), **uwm_summary(out)["config"]}, asdict(cfg)
+        changed = sorted(k for k in wanted if k not in RUN_ONLY and saved[k] != wanted[k])
+        if changed:
+            raise ValueError(f"{out} holds a UWM edit made with other settings ({', '.join(changed)}); "
+                             "delete the folder to calibrate again, or use another output folder")
         return WeightEdit.load(edit_path).apply(bundle)
     started = time.perf_counter()
     records, report = read_quadruplets(Path(inputs.train))
@@ -278,14 +319,16 @@ def run_uwm(inputs: MethodInputs) -> ClipBundle:
     rows = inputs.budget.calibration_rows
     if rows and rows < len(records):
         records = random.Random(inputs.seed).sample(records, rows)
-    scores = calibrate(bundle, records, cfg, progress=inputs.progress)
-    edit = select_edit(bundle, scores, cfg)
+    groups = category_groups(records, cfg.categories)
+    score_sets = [calibrate(bundle, group, cfg, progress=inputs.progress) for group in groups.values()]
+    edit = select_edit(bundle, score_sets, cfg)
     out.mkdir(parents=True, exist_ok=True)
     edit.save(edit_path)
     edit.apply(bundle)
     counts = edit.counts()
-    sizes = {k: int(v.numel()) for k, v in scores.items()}
+    sizes = {k: int(v.numel()) for k, v in score_sets[0].items()}
     write_json_atomic(out / "uwm.json", {"config": asdict(cfg), "calibration_pairs": len(records), "seed": inputs.seed,
+                                         "selections": {name: len(group) for name, group in groups.items()},
                                          "base": str(inputs.base), "selected": counts,
                                          "selected_share": {k: counts[k] / sizes[k] for k in counts},
                                          "seconds": time.perf_counter() - started})

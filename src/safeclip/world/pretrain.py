@@ -53,10 +53,25 @@ class PretrainSettings:
     # end-token pooling make the tokens after the end token irrelevant, and the steps are ~25% faster than
     # with max_text_length padding (benchmarks/pretrain_padding.py). "max_length" restores that padding.
     text_padding: str = "longest"
+    # "scene": every batch holds scenes with both their safe and unsafe pair (each pair is the other's hard
+    # negative); "random": pairs are drawn at random from all safe and unsafe pairs, as in web data.
+    batch_pairs: str = "scene"
 
     def __post_init__(self) -> None:
         if self.text_padding not in ("longest", "max_length"):
             raise ValueError(f"text_padding must be 'longest' or 'max_length', not {self.text_padding!r}")
+        if self.batch_pairs not in ("scene", "random"):
+            raise ValueError(f"batch_pairs must be 'scene' or 'random', not {self.batch_pairs!r}")
+
+
+# Settings added after base folders were first built, with the value that reproduces those builds: at that
+# value they stay out of the cache key, so a base built before they existed is still reused.
+LATER_SETTINGS = {"batch_pairs": "scene"}
+
+
+def cache_settings(settings: PretrainSettings) -> dict:
+    """The settings that identify a built base (``base.json`` "key")."""
+    return {k: v for k, v in asdict(settings).items() if LATER_SETTINGS.get(k, object()) != v}
 
 
 def untrained_base(captions: list[str], settings: PretrainSettings) -> tuple:
@@ -92,7 +107,7 @@ def pretrain_base(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *, s
     settings = PretrainSettings(seed=seed, **overrides)
     world, out = Path(world_dir), Path(out_dir)
     world_meta = json.loads((world / "world.json").read_text())
-    key = {"settings": asdict(settings), "world": world_meta["settings"]}
+    key = {"settings": cache_settings(settings), "world": world_meta["settings"]}
     if (out / "base.json").is_file() and json.loads((out / "base.json").read_text()).get("key") == key:
         return out
     torch.manual_seed(settings.seed)
@@ -120,10 +135,13 @@ def pretrain_base(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *, s
     model.train()
     with tqdm(total=total_steps, desc="pretrain base CLIP", disable=not progress) as bar:
         for epoch in range(settings.epochs):
-            order = torch.from_numpy(rng.permutation(n))
+            order = torch.from_numpy(rng.permutation(n if settings.batch_pairs == "scene" else 2 * n))
             for step in range(steps_per_epoch):
-                scenes = order[step * scenes_per_batch:(step + 1) * scenes_per_batch]
-                index = torch.cat([scenes, scenes + n])  # each scene's safe and unsafe pair
+                if settings.batch_pairs == "scene":
+                    scenes = order[step * scenes_per_batch:(step + 1) * scenes_per_batch]
+                    index = torch.cat([scenes, scenes + n])  # each scene's safe and unsafe pair
+                else:
+                    index = order[step * settings.batch_size:(step + 1) * settings.batch_size]
                 outputs = model(input_ids=texts["input_ids"][index], attention_mask=texts["attention_mask"][index],
                             pixel_values=pixels[index])
                 loss = clip_loss(outputs.text_embeds, outputs.image_embeds, model.logit_scale)
