@@ -47,8 +47,9 @@ from safeclip.compare import Sources, evaluate_model
 from safeclip.data import read_quadruplets
 from safeclip.data.loader import QuadrupletCollator, QuadrupletDataset
 from safeclip.data.quadruplets import MODALITIES
-from safeclip.methods.uwm import UwmConfig, calibrate, category_groups, named_linears, select_edit, weight_edit
+from safeclip.methods.uwm import UwmConfig, calibrate, category_groups, scored_layers, select_edit, weight_edit
 from safeclip.models.clip import load_clip
+from safeclip.train import encode_batch_images, encode_batch_texts
 from safeclip.world import build as world_build
 from safeclip.world import build_world, pretrain_base, scenes
 from safeclip.world.scenes import IMAGE_SIZE
@@ -97,8 +98,7 @@ def ratio_spread(scores: dict[str, torch.Tensor], bundle) -> dict[str, list[floa
 
 def unsafe_preference_gradients(bundle, records, cfg: UwmConfig) -> dict[str, torch.Tensor]:
     """``w * dL/dw`` (clamped at 0) of UWM's layers for L = how much unsafe queries prefer the unsafe item."""
-    layers = {f"text.{n}": m for n, m in named_linears(bundle.text, cfg.text_layers).items()}
-    layers |= {f"vision.{n}": m for n, m in named_linears(bundle.vision, cfg.vision_layers).items()}
+    layers = scored_layers(bundle, cfg)
     params = [p for p in list(bundle.text.parameters()) + list(bundle.vision.parameters()) if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
@@ -108,12 +108,9 @@ def unsafe_preference_gradients(bundle, records, cfg: UwmConfig) -> dict[str, to
     loader = DataLoader(QuadrupletDataset(records, bundle.image_processor, list(MODALITIES)), batch_size=128,
                         collate_fn=QuadrupletCollator(bundle.tokenizer))
 
-    def embed(batch, half):
-        text = bundle.text(input_ids=batch[f"{half}_input_ids"], attention_mask=batch[f"{half}_attention_mask"])
-        return F.normalize(text.text_embeds, dim=-1), F.normalize(bundle.vision(pixel_values=batch[f"{half}_pixels"]).image_embeds, dim=-1)
-
     for batch in loader:
-        (t, v), (t_u, v_u) = embed(batch, "safe"), embed(batch, "unsafe")
+        embeds = encode_batch_texts(bundle.text, batch) | encode_batch_images(bundle.vision, batch, torch.float32)
+        t, v, t_u, v_u = (F.normalize(embeds[k], dim=-1) for k in ("text_safe", "image_safe", "text_unsafe", "image_unsafe"))
         preference = (t_u * v_u).sum(-1) - (t_u * v).sum(-1) + (v_u * t_u).sum(-1) - (v_u * t).sum(-1)
         (preference.sum() / len(records)).backward()
     scores = {k: (m.weight.grad * m.weight).detach().clamp(min=0) for k, m in layers.items()}

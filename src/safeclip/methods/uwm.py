@@ -128,6 +128,14 @@ def named_linears(encoder: torch.nn.Module, names: str) -> dict[str, torch.nn.Li
     return found
 
 
+def scored_layers(bundle: ClipBundle, cfg: UwmConfig) -> dict[str, torch.nn.Linear]:
+    """The Linear layers UWM scores and edits, keyed ``"text.<module>"`` / ``"vision.<module>"``."""
+    layers = {f"text.{n}": m for n, m in named_linears(bundle.text, cfg.text_layers).items()} if cfg.edit_text else {}
+    if cfg.edit_vision:
+        layers |= {f"vision.{n}": m for n, m in named_linears(bundle.vision, cfg.vision_layers).items()}
+    return layers
+
+
 @contextlib.contextmanager
 def capture_inputs(layers: dict[str, torch.nn.Linear]):
     """Record each layer's input tensor (the last forward pass) in the yielded dict."""
@@ -145,13 +153,12 @@ def capture_inputs(layers: dict[str, torch.nn.Linear]):
 def calibrate(bundle: ClipBundle, records, cfg: UwmConfig, *, progress: bool = False) -> dict[str, torch.Tensor]:
     """Scores ``{"text.<module>" | "vision.<module>": (d_out, d_in)}`` from (safe, unsafe) pairs of ``records``."""
     sides = [s for s, on in (("text", cfg.edit_text), ("vision", cfg.edit_vision)) if on]
-    layers = {"text": named_linears(bundle.text, cfg.text_layers) if cfg.edit_text else {},
-              "vision": named_linears(bundle.vision, cfg.vision_layers) if cfg.edit_vision else {}}
+    layers = scored_layers(bundle, cfg)
+    by_side = {side: {k: m for k, m in layers.items() if k.startswith(f"{side}.")} for side in sides}
     modalities = [m for m in MODALITIES if (m.endswith("text") and cfg.edit_text) or (m.endswith("image") and cfg.edit_vision)]
     dataset = QuadrupletDataset(records, bundle.image_processor, modalities)
     loader = DataLoader(dataset, batch_size=cfg.batch_size, collate_fn=QuadrupletCollator(bundle.tokenizer))
-    sums = {f"{side}.{name}": torch.zeros_like(mod.weight, dtype=torch.float32)
-            for side in sides for name, mod in layers[side].items()}
+    sums = {key: torch.zeros_like(mod.weight, dtype=torch.float32) for key, mod in layers.items()}
     count = 0
     device = next(bundle.text.parameters()).device
     bundle.text.eval()
@@ -161,7 +168,7 @@ def calibrate(bundle: ClipBundle, records, cfg: UwmConfig, *, progress: bool = F
         for side in sides:
             stats = {}
             for half in ("safe", "unsafe"):
-                with capture_inputs(layers[side]) as seen:
+                with capture_inputs(by_side[side]) as seen:
                     if side == "text":
                         mask = batch[f"{half}_attention_mask"]
                         bundle.text(input_ids=batch[f"{half}_input_ids"], attention_mask=mask)
@@ -169,15 +176,14 @@ def calibrate(bundle: ClipBundle, records, cfg: UwmConfig, *, progress: bool = F
                         mask = None
                         bundle.vision(pixel_values=batch[f"{half}_pixels"])
                 stats[half] = {name: token_statistics(x, mask) for name, x in seen.items()}
-            for name, mod in layers[side].items():
-                sums[f"{side}.{name}"] += pair_score(mod.weight, stats["safe"][name], stats["unsafe"][name])
+            for key, mod in by_side[side].items():
+                sums[key] += pair_score(mod.weight, stats["safe"][key], stats["unsafe"][key])
         count += len(batch["index"])
     scores = {}
     for key, total in sums.items():
-        side, name = key.split(".", 1)
         score = total / max(count, 1)
-        if side == "text":  # the text side also weighs by |W| (the authors' text scorer)
-            score = score * layers[side][name].weight.detach().float().abs()
+        if key.startswith("text."):  # the text side also weighs by |W| (the authors' text scorer)
+            score = score * layers[key].weight.detach().float().abs()
         scores[key] = score
     return scores
 

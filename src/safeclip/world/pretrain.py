@@ -100,6 +100,21 @@ def clip_loss(text: torch.Tensor, image: torch.Tensor, logit_scale: torch.Tensor
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
+def epoch_batches(rng: np.random.Generator, n: int, settings: PretrainSettings):
+    """One epoch's batches as indices into the ``2n`` pairs (safe ``i``, unsafe ``n + i``), in the
+    ``settings.batch_pairs`` way: each scene's two pairs side by side, or pairs drawn at random."""
+    scenes_per_batch = settings.batch_size // 2
+    if settings.batch_pairs == "scene":
+        order = torch.from_numpy(rng.permutation(n))
+        for step in range(n // scenes_per_batch):
+            scenes = order[step * scenes_per_batch:(step + 1) * scenes_per_batch]
+            yield torch.cat([scenes, scenes + n])  # each scene's safe and unsafe pair
+    else:
+        order = torch.from_numpy(rng.permutation(2 * n))
+        for step in range(n // scenes_per_batch):
+            yield order[step * settings.batch_size:(step + 1) * settings.batch_size]
+
+
 def pretrain_base(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *, seed: int = 0,
                   progress: bool = True, **overrides) -> Path:
     """Train (or reuse) the base CLIP of the world in ``world_dir``; returns ``out_dir``."""
@@ -125,8 +140,7 @@ def pretrain_base(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *, s
                       return_tensors="pt")
     pixels = pixel_tensor([world / r["safe_image"] for r in rows] + [world / r["unsafe_image"] for r in rows], image_processor)
     n = len(rows)
-    scenes_per_batch = settings.batch_size // 2
-    steps_per_epoch = n // scenes_per_batch
+    steps_per_epoch = n // (settings.batch_size // 2)
     total_steps = steps_per_epoch * settings.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / settings.warmup_steps)
@@ -135,13 +149,7 @@ def pretrain_base(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *, s
     model.train()
     with tqdm(total=total_steps, desc="pretrain base CLIP", disable=not progress) as bar:
         for epoch in range(settings.epochs):
-            order = torch.from_numpy(rng.permutation(n if settings.batch_pairs == "scene" else 2 * n))
-            for step in range(steps_per_epoch):
-                if settings.batch_pairs == "scene":
-                    scenes = order[step * scenes_per_batch:(step + 1) * scenes_per_batch]
-                    index = torch.cat([scenes, scenes + n])  # each scene's safe and unsafe pair
-                else:
-                    index = order[step * settings.batch_size:(step + 1) * settings.batch_size]
+            for step, index in enumerate(epoch_batches(rng, n, settings)):
                 outputs = model(input_ids=texts["input_ids"][index], attention_mask=texts["attention_mask"][index],
                             pixel_values=pixels[index])
                 loss = clip_loss(outputs.text_embeds, outputs.image_embeds, model.logit_scale)
