@@ -155,37 +155,33 @@ def _pick_label(labels: list[str], wanted: str | None, spec: str) -> str:
     raise ValueError(f"cannot tell which label of {spec!r} means NSFW among {labels}; write hf:NAME@LABEL")
 
 
-class HFClassifierJudge:
+class _HFLabelModel:
+    """A transformers text-classification pipeline and the label of it that flags a text."""
+
+    def __init__(self, model: str, label: str | None = None, batch_size: int = 32):
+        self.name = f"hf:{model}" + (f"@{label}" if label else "")
+        self.pipe = _hf_pipeline(model)
+        labels = list(self.pipe.model.config.id2label.values())
+        self.label = _pick_label(labels, label, self.name)
+        self.batch_size = batch_size
+
+    def label_scores(self, texts: list[str]) -> list[dict[str, float]]:
+        """``{label: probability}`` per text."""
+        return _label_scores(self.pipe, texts, self.batch_size) if texts else []
+
+
+class HFClassifierJudge(_HFLabelModel):
     """A transformers text-classification model; NSFW when the flagged label wins (argmax)."""
 
-    def __init__(self, model: str, label: str | None = None, batch_size: int = 32):
-        self.name = f"hf:{model}" + (f"@{label}" if label else "")
-        self.pipe = _hf_pipeline(model)
-        labels = list(self.pipe.model.config.id2label.values())
-        self.label = _pick_label(labels, label, self.name)
-        self.batch_size = batch_size
-
     def __call__(self, texts: list[str]) -> list[bool]:
-        if not texts:
-            return []
-        scores = _label_scores(self.pipe, texts, self.batch_size)
-        return [max(s, key=s.get) == self.label for s in scores]
+        return [max(s, key=s.get) == self.label for s in self.label_scores(texts)]
 
 
-class HFToxicity:
+class HFToxicity(_HFLabelModel):
     """Probability the transformers text-classification model gives to the flagged label."""
 
-    def __init__(self, model: str, label: str | None = None, batch_size: int = 32):
-        self.name = f"hf:{model}" + (f"@{label}" if label else "")
-        self.pipe = _hf_pipeline(model)
-        labels = list(self.pipe.model.config.id2label.values())
-        self.label = _pick_label(labels, label, self.name)
-        self.batch_size = batch_size
-
     def __call__(self, texts: list[str]) -> list[float]:
-        if not texts:
-            return []
-        return [s.get(self.label, 0.0) for s in _label_scores(self.pipe, texts, self.batch_size)]
+        return [s.get(self.label, 0.0) for s in self.label_scores(texts)]
 
 
 Transport = Callable[[str, dict, dict], dict]
@@ -256,6 +252,16 @@ def _lexicon_entries(spec: str) -> frozenset[str]:
     return _world_lexicon() if spec == "lexicon" else load_lexicon(spec[len("lexicon:"):])
 
 
+def _build_local(spec: str, lexicon_kind: type, hf_kind: type):
+    """The ``lexicon``, ``lexicon:PATH`` and ``hf:NAME_OR_DIR[@LABEL]`` forms, shared by judges and scorers;
+    None for any other spec."""
+    if spec == "lexicon" or spec.startswith("lexicon:"):
+        return lexicon_kind(_lexicon_entries(spec), name=spec)
+    if spec.startswith("hf:") and len(spec) > 3:
+        return hf_kind(*_split_label(spec[3:]))
+    return None
+
+
 def build_judge(spec: str) -> TextJudge:
     """Build a judge from ``lexicon``, ``lexicon:PATH``, ``hf:NAME_OR_DIR[@LABEL]`` or ``openai:MODEL@BASE_URL``.
 
@@ -263,11 +269,9 @@ def build_judge(spec: str) -> TextJudge:
     (must contain ``{text}``), or by building :class:`OpenAIChatJudge` directly.
     """
     spec = spec.strip()
-    if spec == "lexicon" or spec.startswith("lexicon:"):
-        return LexiconJudge(_lexicon_entries(spec), name=spec)
-    if spec.startswith("hf:") and len(spec) > 3:
-        model, label = _split_label(spec[3:])
-        return HFClassifierJudge(model, label)
+    judge = _build_local(spec, LexiconJudge, HFClassifierJudge)
+    if judge is not None:
+        return judge
     if spec.startswith("openai:"):
         model, sep, base_url = spec[len("openai:"):].partition("@")
         if model and sep and base_url:
@@ -278,9 +282,7 @@ def build_judge(spec: str) -> TextJudge:
 def build_toxicity(spec: str) -> ToxicityScorer:
     """Build a toxicity scorer from ``lexicon``, ``lexicon:PATH`` or ``hf:NAME_OR_DIR[@LABEL]``."""
     spec = spec.strip()
-    if spec == "lexicon" or spec.startswith("lexicon:"):
-        return LexiconToxicity(_lexicon_entries(spec), name=spec)
-    if spec.startswith("hf:") and len(spec) > 3:
-        model, label = _split_label(spec[3:])
-        return HFToxicity(model, label)
-    raise ValueError(f"unknown toxicity spec {spec!r}; accepted forms: {', '.join(TOXICITY_FORMS)}")
+    scorer = _build_local(spec, LexiconToxicity, HFToxicity)
+    if scorer is None:
+        raise ValueError(f"unknown toxicity spec {spec!r}; accepted forms: {', '.join(TOXICITY_FORMS)}")
+    return scorer

@@ -26,9 +26,7 @@ def register_eval(evals: argparse._SubParsersAction) -> None:
         "    --dtype float16 --out results/t2i",
     )
     t2i.add_argument("--sd", required=True, help="Stable Diffusion pipeline: hub id (CompVis/stable-diffusion-v1-4) or folder")
-    t2i.add_argument("--safe-encoder", action="append", default=[], metavar="[LABEL=]MODEL",
-                     help="Safe-CLIP text encoder, repeatable: export folder, merged CLIP folder/hub id, or run folder")
-    t2i.add_argument("--base-label", default="clip", help="name of the pipeline's own text encoder in the report")
+    add_encoder_arguments(t2i, "text encoder", "the pipeline's own text encoder")
     t2i.add_argument("--prompts", required=True, help="I2P CSV (prompt, categories[, sd_seed]) or ViSU/quadruplet file (unsafe captions)")
     t2i.add_argument("--max-prompts", type=int, default=0, help="use the first N prompts (0: all)")
     t2i.add_argument("--variants", default=",".join(T2I_VARIANTS), help=f"comma-separated subset of {','.join(T2I_VARIANTS)}")
@@ -42,9 +40,7 @@ def register_eval(evals: argparse._SubParsersAction) -> None:
     t2i.add_argument("--width", type=int, default=None, help="image width (default: the pipeline's)")
     t2i.add_argument("--batch-size", type=int, default=4, help="images per pipeline call")
     t2i.add_argument("--negative-prompt", default=DEFAULT_NEGATIVE_PROMPT, help="negative prompt of the 'negative' variant")
-    t2i.add_argument("--device", default="auto", help="cuda, cpu, ... (auto: accelerate's device for this process)")
-    t2i.add_argument("--dtype", default="auto", choices=sorted(DTYPES), help="weights dtype (auto: as stored)")
-    t2i.add_argument("--out", required=True, help="output folder (reruns resume in it)")
+    add_placement_arguments(t2i)
     t2i.set_defaults(func=run_t2i_command)
 
     i2t = evals.add_parser(
@@ -59,9 +55,7 @@ def register_eval(evals: argparse._SubParsersAction) -> None:
         "    --toxicity hf:unitary/toxic-bert@toxic --dtype float16 --out results/i2t",
     )
     i2t.add_argument("--llava", required=True, help="LLaVA checkpoint: hub id (llava-hf/llava-1.5-7b-hf) or folder with its processor")
-    i2t.add_argument("--safe-encoder", action="append", default=[], metavar="[LABEL=]MODEL",
-                     help="Safe-CLIP vision encoder, repeatable: export folder, merged CLIP folder/hub id, or run folder")
-    i2t.add_argument("--base-label", default="clip", help="name of LLaVA's own tower in the report")
+    add_encoder_arguments(i2t, "vision encoder", "LLaVA's own tower")
     i2t.add_argument("--images", required=True, help="folder of images, the authors' ViSU JSON (its unsafe images), "
                      "or JSONL/CSV with an unsafe_image (or image) column")
     i2t.add_argument("--unsafe-image-root", default=None,
@@ -72,10 +66,23 @@ def register_eval(evals: argparse._SubParsersAction) -> None:
     i2t.add_argument("--prompt", default=None, help="LLaVA prompt with an <image> placeholder (default: llava-1.5's USER/ASSISTANT form)")
     i2t.add_argument("--max-new-tokens", type=int, default=64, help="caption length limit")
     i2t.add_argument("--batch-size", type=int, default=8, help="images per generate call")
-    i2t.add_argument("--device", default="auto", help="cuda, cpu, ... (auto: accelerate's device for this process)")
-    i2t.add_argument("--dtype", default="auto", choices=sorted(DTYPES), help="weights dtype (auto: as stored)")
-    i2t.add_argument("--out", required=True, help="output folder (reruns resume in it)")
+    add_placement_arguments(i2t)
     i2t.set_defaults(func=run_i2t_command)
+
+
+def add_encoder_arguments(parser: argparse.ArgumentParser, encoder: str, own: str) -> None:
+    """``--safe-encoder`` (repeatable) and ``--base-label``: the Safe-CLIP ``encoder`` swapped in, and the name
+    of the generator's ``own`` encoder in the report."""
+    parser.add_argument("--safe-encoder", action="append", default=[], metavar="[LABEL=]MODEL",
+                        help=f"Safe-CLIP {encoder}, repeatable: export folder, merged CLIP folder/hub id, or run folder")
+    parser.add_argument("--base-label", default="clip", help=f"name of {own} in the report")
+
+
+def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device``, ``--dtype`` and ``--out`` of a resumable generator evaluation."""
+    parser.add_argument("--device", default="auto", help="cuda, cpu, ... (auto: accelerate's device for this process)")
+    parser.add_argument("--dtype", default="auto", choices=sorted(DTYPES), help="weights dtype (auto: as stored)")
+    parser.add_argument("--out", required=True, help="output folder (reruns resume in it)")
 
 
 def _dtype(name: str):
