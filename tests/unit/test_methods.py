@@ -111,15 +111,42 @@ def test_uwm_method_reuses_its_saved_edit(tiny_clip_dir, quads, tmp_path):
     inputs = MethodInputs(base=tiny_clip_dir, train=quads, out_dir=tmp_path / "uwm", budget=Budget(calibration_rows=16),
                           overrides=["sparsity=0.9"], progress=False)
     first = get_method("uwm")(inputs)
+    saved = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "uwm").iterdir()}
     again = get_method("uwm")(inputs)
     for (k, a), b in zip(first.text.state_dict().items(), again.text.state_dict().values()):
         assert torch.equal(a, b), k
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (tmp_path / "uwm").iterdir()} == saved  # loaded
     with pytest.raises(ValueError, match="bad setting"):
         get_method("uwm")(MethodInputs(base=tiny_clip_dir, train=quads, out_dir=tmp_path / "x", overrides=["nope=1"]))
     # The saved edit is not reused for other settings (a run-only setting such as batch_size does not matter).
-    with pytest.raises(ValueError, match=r"other settings \(sparsity\)"):
+    with pytest.raises(ValueError, match=r"other inputs \(settings.sparsity\)"):
         get_method("uwm")(replace(inputs, overrides=["sparsity=0.95"]))
     get_method("uwm")(replace(inputs, overrides=["sparsity=0.9", "batch_size=4"]))
+
+
+def test_uwm_saved_edit_is_keyed_on_every_input(tiny_clip_dir, tiny_tokenizer, quads, tmp_path):
+    """Another seed, calibration_rows, training file or base model each changes the edit: never reused."""
+    from safeclip.models.clip import build_tiny_clip
+    from safeclip.models.lora import save_merged_clip
+
+    inputs = MethodInputs(base=tiny_clip_dir, train=quads, out_dir=tmp_path / "uwm", budget=Budget(calibration_rows=16),
+                          overrides=["sparsity=0.9"], progress=False)
+    get_method("uwm")(inputs)
+    other_base = tmp_path / "other_base"
+    save_merged_clip(build_tiny_clip(tiny_tokenizer, seed=1), other_base)
+    other_train = write_quadruplets(tmp_path / "other_quads", 24, seed=1)
+    for changed, other in (("seed", replace(inputs, seed=1)),
+                           ("calibration_rows", replace(inputs, budget=Budget(calibration_rows=8))),
+                           ("train_sha256", replace(inputs, train=other_train)),
+                           ("base_sha256", replace(inputs, base=other_base))):
+        with pytest.raises(ValueError, match=rf"other inputs \({changed}\)"):
+            get_method("uwm")(other)
+    # Each of them, in a folder of its own, gives another edit than the first one.
+    first = WeightEdit.load(tmp_path / "uwm" / "edit.safetensors")
+    seeded = replace(inputs, seed=1, out_dir=tmp_path / "uwm-seed-1")
+    get_method("uwm")(seeded)
+    seeded_edit = WeightEdit.load(tmp_path / "uwm-seed-1" / "edit.safetensors")
+    assert any(not torch.equal(seeded_edit.index[k], first.index[k]) for k in first.index)
 
 
 def test_uwm_category_groups():

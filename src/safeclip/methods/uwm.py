@@ -32,12 +32,15 @@ pairs, the paper's ViSU setting.
 The edit keeps each selected weight's flat index and original value (``edit.safetensors``), so
 :meth:`WeightEdit.undo` writes the exact original numbers back, and :meth:`WeightEdit.apply` refuses a
 base model whose weights differ from the ones calibrated. Output: ``out_dir/edit.safetensors``,
-``out_dir/uwm.json`` (config, per-layer counts); a rerun loads the edit instead of calibrating again.
+``out_dir/uwm.json`` (config, per-layer counts, and the key of every input the edit depends on: settings, seed,
+``calibration_rows``, the training file's and the base weights' sha256); a rerun with the same key loads the
+edit instead of calibrating again, and one with another key is refused, naming what changed.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import random
 import time
@@ -300,8 +303,51 @@ def category_groups(records: list, categories: str) -> dict[str, list]:
     return {c: by_category[c] for c in wanted}
 
 
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_sha256(bundle: ClipBundle) -> str:
+    """sha256 of every weight of both encoders (names, dtypes and values)."""
+    digest = hashlib.sha256()
+    for prefix, encoder in (("text", bundle.text), ("vision", bundle.vision)):
+        for name, value in sorted(encoder.state_dict().items()):
+            digest.update(f"{prefix}.{name}:{value.dtype}:{tuple(value.shape)}".encode())
+            digest.update(value.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def reuse_key(inputs: MethodInputs, cfg: UwmConfig, bundle: ClipBundle) -> dict:
+    """Everything a saved edit depends on: the edit settings, the calibration draw (seed, calibration_rows),
+    the training file's bytes and the base model's weights (``uwm.json`` "key")."""
+    return {"settings": {k: v for k, v in asdict(cfg).items() if k not in RUN_ONLY}, "seed": inputs.seed,
+            "calibration_rows": inputs.budget.calibration_rows, "train_sha256": file_sha256(inputs.train),
+            "base_sha256": weights_sha256(bundle)}
+
+
+def check_saved_edit(out: Path, key: dict) -> None:
+    """Raise ValueError when the edit saved in ``out`` was made from other inputs than ``key`` (naming them)."""
+    saved = uwm_summary(out).get("key")
+    if saved is None:
+        raise ValueError(f"{out} holds a UWM edit without a record of its inputs (an older version wrote it); "
+                         "delete the folder to calibrate again, or use another output folder")
+    changed = [f"settings.{k}" for k, v in key["settings"].items() if saved["settings"].get(k) != v]
+    changed += [k for k, v in key.items() if k != "settings" and saved.get(k) != v]
+    if changed:
+        raise ValueError(f"{out} holds a UWM edit made from other inputs ({', '.join(changed)}); "
+                         "delete the folder to calibrate again, or use another output folder")
+
+
 def run_uwm(inputs: MethodInputs) -> ClipBundle:
-    """Calibrate on the training pairs, select and apply the edit (or reuse a saved one); returns the bundle."""
+    """Calibrate on the training pairs, select and apply the edit (or reuse a saved one); returns the bundle.
+
+    A saved edit is reused only when every input it depends on (:func:`reuse_key`) is the same.
+    """
     cfg = parse_method_overrides(inputs.overrides, UwmConfig).validate()
     out = inputs.out
     bundle = load_clip(inputs.base)
@@ -310,11 +356,7 @@ def run_uwm(inputs: MethodInputs) -> ClipBundle:
     bundle.vision.to(device)
     edit_path = out / "edit.safetensors"
     if (out / "uwm.json").is_file() and edit_path.is_file():
-        saved, wanted = {**asdict(UwmConfig()), **uwm_summary(out)["config"]}, asdict(cfg)
-        changed = sorted(k for k in wanted if k not in RUN_ONLY and saved[k] != wanted[k])
-        if changed:
-            raise ValueError(f"{out} holds a UWM edit made with other settings ({', '.join(changed)}); "
-                             "delete the folder to calibrate again, or use another output folder")
+        check_saved_edit(out, reuse_key(inputs, cfg, bundle))
         return WeightEdit.load(edit_path).apply(bundle)
     started = time.perf_counter()
     records, report = read_quadruplets(Path(inputs.train))
@@ -322,6 +364,7 @@ def run_uwm(inputs: MethodInputs) -> ClipBundle:
     if missing:
         raise ValueError(f"uwm calibration needs (safe, unsafe) pairs of both modalities in {inputs.train}; "
                          f"missing: {', '.join(missing)}")
+    key = reuse_key(inputs, cfg, bundle)
     rows = inputs.budget.calibration_rows
     if rows and rows < len(records):
         records = random.Random(inputs.seed).sample(records, rows)
@@ -337,7 +380,7 @@ def run_uwm(inputs: MethodInputs) -> ClipBundle:
                                          "selections": {name: len(group) for name, group in groups.items()},
                                          "base": str(inputs.base), "selected": counts,
                                          "selected_share": {k: counts[k] / sizes[k] for k in counts},
-                                         "seconds": time.perf_counter() - started})
+                                         "seconds": time.perf_counter() - started, "key": key})
     return bundle
 
 
