@@ -174,7 +174,7 @@ def main(argv=None) -> dict:
     train, _ = read_quadruplets(world / "train.jsonl")
     test, _ = read_quadruplets(world / "test.jsonl")
     sources = Sources(base=str(base), train=str(world / "train.jsonl"), test=str(world / "test.jsonl"))
-    results = {"base": row(evaluate_model(bundle, test, sources))}
+    results = {"base": row(evaluate_model(bundle, test, sources).models["model"])}
     calibration = random.Random(args.seed).sample(train, args.calibration)
     scores = calibrate(bundle, calibration, UwmConfig(), progress=True)
     per_category = [calibrate(bundle, group, UwmConfig()) for group in category_groups(calibration, "each").values()]
@@ -189,7 +189,7 @@ def main(argv=None) -> dict:
         edits[f"gradient-chosen 2%, {verb}"] = weight_edit(bundle, chosen, alpha)
     for name, edit in edits.items():
         edit.apply(bundle)
-        results[name] = row(evaluate_model(bundle, test, sources))
+        results[name] = row(evaluate_model(bundle, test, sources).models["model"])
         edit.undo(bundle)
         print(name, results[name], flush=True)
     report = {"args": {k: str(v) for k, v in vars(args).items()}, "results": results,

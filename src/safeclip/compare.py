@@ -24,53 +24,71 @@ Real data and backbones (GPU): give ``Sources(base=..., train=..., test=..., zer
 
 from __future__ import annotations
 
+import copy
 import os
 import shlex
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.config import TrainConfig
 from safeclip.data import read_quadruplets
-from safeclip.eval.embed import embed_quadruplets
-from safeclip.eval.retrieval import PROTOCOL_CAPTIONS, safe_clip_protocol
-from safeclip.eval.safeground import PROTOCOL as SAFEGROUND_PROTOCOL
-from safeclip.eval.safeground import safeground
-from safeclip.eval.safer_protocol import PROTOCOL as SAFER_PROTOCOL
-from safeclip.eval.safer_protocol import safer_t2v
-from safeclip.eval.zero_shot import PROTOCOL as ZERO_SHOT_PROTOCOL
-from safeclip.eval.zero_shot import folder_zero_shot, world_zero_shot
+from safeclip.eval.evaluation import EvalResults, evaluate
+from safeclip.eval.report import metric_table, summarize_seeds
 from safeclip.methods.base import METHOD_NAMES, Budget, MethodInputs, get_method
+from safeclip.methods.safe_clip import recipe_config
 from safeclip.models.clip import ClipBundle, load_clip
 from safeclip.timing import StageClock
+from safeclip.world.build import WorldSize
+from safeclip.world.pretrain import PretrainSettings
 
-PROTOCOLS = {
-    "T->V / V->T / T*->V+V* / V*->T+T*": PROTOCOL_CAPTIONS["safe-clip"],
-    "safer_t2v": SAFER_PROTOCOL,
-    "safeground": SAFEGROUND_PROTOCOL,
-    "zero_shot": ZERO_SHOT_PROTOCOL,
-}
+EVAL_PROTOCOLS = ("safe-clip", "safer-t2v", "safeground")  # and zero-shot accuracy
+
+
+def _section(factory, help: str):
+    return field(default_factory=factory, metadata={"help": help})
 
 
 @dataclass
-class CompareSize:
-    """How big the world, base and method budgets are (defaults: the demo's sizes, ~15 min on 2 cores)."""
+class PipelineSize:
+    """How big the offline stages shared by ``safeclip demo`` and ``safeclip compare`` are.
 
-    world: dict = field(default_factory=dict)  # keyword arguments of build_world
-    pretrain: dict = field(default_factory=dict)  # keyword arguments of pretrain_base
-    budget: Budget = field(default_factory=Budget)  # the same for every method
-    method_overrides: dict = field(default_factory=dict)  # method name -> ["key=value", ...]
-    eval_rows: int = 0  # evaluate on the first N test quadruplets only (0: all)
+    A settings tree of ``safeclip.config`` (YAML and dotted overrides such as ``world.n_train=2000``,
+    ``budget.epochs=1``, ``safe_clip.lora.r=8``). The defaults take ~10 minutes on 2 CPU cores for the demo.
+    """
+
+    world: WorldSize = _section(WorldSize, "Sizes of the miniature world's splits and pools (build_world).")
+    pretrain: PretrainSettings = _section(PretrainSettings, "Size and schedule of the base CLIP (pretrain_base); "
+                                          "its seed is the run's seed.")
+    budget: Budget = _section(Budget, "Epochs, batch size and rows of every trained method (the same for all).")
+    safe_clip: TrainConfig = _section(recipe_config, "Safe-CLIP's recipe (recipes/demo.yaml); model, data, "
+                                      "run folder, seed and the budget are filled in per run.")
 
 
-TINY = CompareSize(
-    world={"n_train": 192, "n_val": 32, "n_test": 48, "n_found": 8, "n_distractors": 8},
-    pretrain={"epochs": 2, "batch_size": 64, "hidden_size": 32, "num_layers": 1, "intermediate_size": 64,
-              "projection_dim": 32, "patch_size": 8, "vocab_size": 400, "warmup_steps": 2},
-    budget=Budget(epochs=2, batch_size=32, calibration_rows=64),
-    method_overrides={"safe-clip": ["lora.r=4", "run.eval_batch_size=64"], "safer-clip": ["lora_r=4"]},
-)
+@dataclass
+class CompareSize(PipelineSize):
+    """:class:`PipelineSize` plus the comparison's own settings (defaults: ~15 min on 2 cores)."""
+
+    method_overrides: dict = _section(dict, "Method name -> [\"key=value\", ...] settings of that method "
+                                      "(as --set METHOD:KEY=VALUE).")
+    eval_rows: int = field(default=0, metadata={"help": "Evaluate on the first N test quadruplets only (0: all)."})
+
+
+def tiny_size() -> CompareSize:
+    """A smoke-test size: seconds per stage on 2 CPU cores."""
+    size = CompareSize(world=WorldSize(n_train=192, n_val=32, n_test=48, n_found=8, n_distractors=8),
+                       pretrain=PretrainSettings(epochs=2, batch_size=64, hidden_size=32, num_layers=1,
+                                                 intermediate_size=64, projection_dim=32, patch_size=8,
+                                                 vocab_size=400, warmup_steps=2),
+                       budget=Budget(epochs=2, batch_size=32, calibration_rows=64),
+                       method_overrides={"safer-clip": ["lora_r=4"]})
+    size.safe_clip.lora.r = 4
+    size.safe_clip.run.eval_batch_size = 64
+    return size
+
+
+TINY = tiny_size()
 SIZES = {"default": CompareSize(), "tiny": TINY}
 
 
@@ -86,21 +104,12 @@ class Sources:
     zero_shot_folder: str | None = None  # real data: folder/<class>/<image> for zero-shot accuracy
 
 
-def evaluate_model(bundle: ClipBundle, records, sources: Sources, *, batch_size: int = 512) -> dict:
-    """Every metric of one model on the test ``records`` (see the module docstring for the keys)."""
-    emb = embed_quadruplets(bundle.text, bundle.vision, bundle.tokenizer, bundle.image_processor, records,
-                            batch_size=batch_size)
-    out = safe_clip_protocol(emb["safe_text"], emb["safe_image"], emb.get("unsafe_text"), emb.get("unsafe_image"))
-    if "unsafe_text" in emb:
-        out["safer_t2v"] = safer_t2v(emb["unsafe_text"], emb["safe_image"])
-    if "unsafe_text" in emb and "unsafe_image" in emb:
-        out["safeground"] = safeground(emb["safe_text"], emb["unsafe_text"], emb["safe_image"], emb["unsafe_image"])
-    if sources.world:
-        zs = world_zero_shot(bundle, sources.world)
-        out["zero_shot"] = {"accuracy": zs.pop("mean"), **zs}
-    elif sources.zero_shot_folder:
-        out["zero_shot"] = {"accuracy": folder_zero_shot(bundle, sources.zero_shot_folder)}
-    return out
+def evaluate_model(bundle: ClipBundle, records, sources: Sources, *, label: str = "model",
+                   batch_size: int = 512) -> EvalResults:
+    """Every comparison metric of one model on the test ``records`` (see the module docstring for the keys);
+    a protocol the records cannot feed (e.g. no unsafe images) is left out."""
+    return evaluate({label: bundle}, records, protocols=EVAL_PROTOCOLS, batch_size=batch_size, skip_missing=True,
+                    zero_shot_world=sources.world, zero_shot_folder=sources.zero_shot_folder)
 
 
 def safety_score(metrics: dict) -> float | None:
@@ -114,53 +123,75 @@ COLUMNS = [("T->V", "R@1"), ("V->T", "R@1"), ("T*->V+V*", "R@1"), ("T*->V+V*", "
            ("safeground", "PS"), ("safeground", "GS"), ("zero_shot", "accuracy")]
 
 
-def _cell(value) -> str:
-    if isinstance(value, dict):
-        return f"{value['mean']:.1f} ± {value['std']:.1f}"
-    return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
-
-
-def format_compare_table(methods: dict) -> str:
-    """Markdown table, one row per model; cells are numbers or {"mean", "std"} dicts."""
-    head = " | ".join(f"{d} {m}" for d, m in COLUMNS)
-    lines = [f"| model | {head} |", "|---|" + "---:|" * len(COLUMNS)]
-    for label, metrics in methods.items():
-        lines.append(f"| {label} | " + " | ".join(_cell(metrics.get(d, {}).get(m)) for d, m in COLUMNS) + " |")
+def format_compare_table(methods: dict, protocols: dict[str, str]) -> str:
+    """Markdown table, one row per model (cells are numbers or {"mean", "std"} dicts), then the legend."""
     legend = ["", "Percent. Higher is better everywhere except NSFW@1 (% of unsafe queries whose top-1 is unsafe; lower is safer).",
-              "Protocols:"] + [f"- `{k}`: {v}" for k, v in PROTOCOLS.items()]
-    return "\n".join(lines + legend) + "\n"
+              "Protocols:"] + [f"- `{k}`: {v}" for k, v in protocols.items()]
+    return metric_table(methods, COLUMNS) + "\n".join(legend) + "\n"
 
 
-def plot_safety_utility(methods: dict, out: str | os.PathLike) -> Path:
-    """Scatter: zero-shot accuracy (utility, x) against 100 - mean NSFW@1 (safety, y), one point per model."""
-    from safeclip.plots import plt, save_figure
-
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+def safety_utility_points(methods: dict) -> dict[str, tuple[float, float]]:
+    """``{model: (zero-shot accuracy, safety score)}`` of the models that have both; a multi-seed summary
+    gives its means."""
+    points = {}
     for label, metrics in methods.items():
         metrics = {group: {k: v["mean"] if isinstance(v, dict) else v for k, v in entry.items()}
-                   for group, entry in metrics.items()}  # a multi-seed summary plots its means
+                   for group, entry in metrics.items()}
         x = metrics.get("zero_shot", {}).get("accuracy")
         y = safety_score(metrics)
-        if x is None or y is None:
-            continue
+        if x is not None and y is not None:
+            points[label] = (x, y)
+    return points
+
+
+def draw_safety_utility(methods: dict):
+    """The scatter of :func:`safety_utility_points` as a matplotlib figure (one point and label per model)."""
+    from safeclip.plots import plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    for label, (x, y) in safety_utility_points(methods).items():
         ax.scatter([x], [y], s=60)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
     ax.set_xlabel("zero-shot accuracy % (utility)")
     ax.set_ylabel("100 - mean NSFW@1 % (safety)")
     ax.set_title("safety vs utility (up and right is better)")
     ax.grid(alpha=0.3)
-    return save_figure(fig, out)
+    return fig
 
 
-def prepare_world(out: Path, seed: int, size: CompareSize, progress: bool) -> Sources:
+def plot_safety_utility(methods: dict, out: str | os.PathLike) -> Path:
+    """Scatter: zero-shot accuracy (utility, x) against 100 - mean NSFW@1 (safety, y), one point per model."""
+    from safeclip.plots import save_figure
+
+    return save_figure(draw_safety_utility(methods), out)
+
+
+def prepare_world(out: Path, seed: int, size: PipelineSize, progress: bool, *, tag: str = "compare",
+                  stage: Callable[[str], object] | None = None) -> Sources:
+    """Build (or reuse) ``out/world`` and its base CLIP ``out/base``; returns where the data and base are.
+
+    ``stage``, when given, is called with ``"world"`` and then ``"base"`` as each is ready (stage timing).
+    """
     from safeclip.world import build_world, pretrain_base
 
-    print(f"[compare] world -> {out / 'world'}", flush=True)
-    world = Path(build_world(out / "world", seed=seed, progress=progress, **size.world))
-    print(f"[compare] base CLIP -> {out / 'base'}", flush=True)
-    base = Path(pretrain_base(world, out / "base", seed=seed, progress=progress, **size.pretrain))
+    print(f"[{tag}] world -> {out / 'world'}", flush=True)
+    world = Path(build_world(out / "world", seed=seed, progress=progress, **asdict(size.world)))
+    if stage:
+        stage("world")
+    print(f"[{tag}] base CLIP -> {out / 'base'}", flush=True)
+    base = Path(pretrain_base(world, out / "base", progress=progress, **{**asdict(size.pretrain), "seed": seed}))
+    if stage:
+        stage("base")
     return Sources(base=str(base), train=str(world / "train.jsonl"), val=str(world / "val.jsonl"),
                    test=str(world / "test.jsonl"), world=str(world))
+
+
+def method_inputs(label: str, out: Path, sources: Sources, seed: int, size: PipelineSize, progress: bool,
+                  overrides: list[str] = ()) -> MethodInputs:
+    """What method ``label`` gets: the same data, seed and budget as every other; safe-clip its typed recipe."""
+    return MethodInputs(base=sources.base, train=sources.train, val=sources.val, out_dir=out, seed=seed,
+                        budget=copy.deepcopy(size.budget), overrides=list(overrides), progress=progress,
+                        settings=copy.deepcopy(size.safe_clip) if label == "safe-clip" else None)
 
 
 def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ...] | list[str] = METHOD_NAMES,
@@ -181,51 +212,38 @@ def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ..
     if size.eval_rows:
         records = records[: size.eval_rows]
     models: dict[str, ClipBundle] = {"base": load_clip(sources.base)}
-    results: dict[str, dict] = {}
+    results = EvalResults(EVAL_PROTOCOLS)
     for label in ("base", *methods):
         if label != "base":
             print(f"[compare] method {label} -> {out / 'methods' / label}", flush=True)
-            inputs = MethodInputs(base=sources.base, train=sources.train, val=sources.val,
-                                  out_dir=out / "methods" / label, seed=seed, budget=size.budget,
-                                  overrides=list(size.method_overrides.get(label, [])), progress=progress)
+            inputs = method_inputs(label, out / "methods" / label, sources, seed, size, progress,
+                                   size.method_overrides.get(label, []))
             models[label] = get_method(label)(inputs)
             stage(label)
         print(f"[compare] evaluating {label}", flush=True)
-        results[label] = evaluate_model(models.pop(label), records, sources)
-        write_json_atomic(out / "eval" / f"{label}.json", results[label])
+        results.update(evaluate_model(models.pop(label), records, sources, label=label))
+        write_json_atomic(out / "eval" / f"{label}.json", results.models[label])
         stage(f"eval {label}")
-    result = {"seed": seed, "protocols": PROTOCOLS, "budget": asdict(size.budget), "sources": asdict(sources),
-              "methods": results, "seconds": seconds}
+    metrics, protocols = results.models, results.captions()
+    result = {"seed": seed, "protocols": protocols, "budget": asdict(size.budget), "sources": asdict(sources),
+              "methods": metrics, "seconds": seconds}
     write_json_atomic(out / "compare.json", result)
-    plot_safety_utility(results, out / "safety_utility.png")
+    plot_safety_utility(metrics, out / "safety_utility.png")
     command = command or f"safeclip compare --out {shlex.quote(str(out))} --seed {seed} --methods {','.join(methods)}"
-    safer = {k: all(v[d]["NSFW@1"] < results["base"][d]["NSFW@1"] for d in ("T*->V+V*", "V*->T+T*") if d in v)
-             for k, v in results.items() if k != "base"}
+    safer = {k: all(v[d]["NSFW@1"] < metrics["base"][d]["NSFW@1"] for d in ("T*->V+V*", "V*->T+T*") if d in v)
+             for k, v in metrics.items() if k != "base"}
     text = "\n".join([
         f"# Safe-CLIP, SafeR-CLIP and UWM beside the base CLIP (seed {seed})", "",
-        f"Reproduce: `{command}`", "", format_compare_table(results),
+        f"Reproduce: `{command}`", "", format_compare_table(metrics, protocols),
         "Unsafe queries safer than the base in both directions (NSFW@1 below the base's): "
         + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in safer.items()), "",
         "![safety vs utility](safety_utility.png)", "",
         "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), "",
     ])
     write_text_atomic(out / "compare.md", text)
-    print(format_compare_table(results))
+    print(format_compare_table(metrics, protocols))
     print(f"[compare] total {sum(seconds.values()):.0f} s; report: {out / 'compare.md'}", flush=True)
     return result
-
-
-def summarize(per_seed: dict[int, dict]) -> dict:
-    """Mean and std (population) over seeds of every number in each model's metrics."""
-    first = next(iter(per_seed.values()))["methods"]
-    summary: dict = {}
-    for model, metrics in first.items():
-        for group, entry in metrics.items():
-            for key in entry:
-                values = torch.tensor([r["methods"][model][group][key] for r in per_seed.values()], dtype=torch.float64)
-                summary.setdefault(model, {}).setdefault(group, {})[key] = {
-                    "mean": float(values.mean()), "std": float(values.std(unbiased=False))}
-    return summary
 
 
 def run_compare_seeds(out: str | os.PathLike, seeds: list[int], **kwargs) -> dict:
@@ -234,10 +252,11 @@ def run_compare_seeds(out: str | os.PathLike, seeds: list[int], **kwargs) -> dic
     if not seeds:
         raise ValueError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
     per_seed = {s: run_compare(out / f"seed-{s}", seed=s, **kwargs) for s in seeds}
-    summary = summarize(per_seed)
-    write_json_atomic(out / "compare_seeds.json", {"seeds": seeds, "protocols": PROTOCOLS, "methods": summary})
+    summary = summarize_seeds({s: r["methods"] for s, r in per_seed.items()})
+    protocols = per_seed[seeds[0]]["protocols"]
+    write_json_atomic(out / "compare_seeds.json", {"seeds": seeds, "protocols": protocols, "methods": summary})
     plot_safety_utility(summary, out / "safety_utility.png")
-    table = format_compare_table(summary)
+    table = format_compare_table(summary, protocols)
     methods = ",".join(kwargs.get("methods", METHOD_NAMES))
     write_text_atomic(out / "compare_seeds.md", "\n".join([
         f"# Comparison, mean ± std over seeds {', '.join(map(str, seeds))}", "",

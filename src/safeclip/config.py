@@ -221,6 +221,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(data, dict):
             raise ConfigError(f"config file {path} must hold a mapping of sections")
         _apply(cfg, data)
+    return apply_overrides(cfg, overrides)
+
+
+def apply_overrides(cfg: Any, overrides: list[str] | None) -> Any:
+    """Apply dotted ``key=value`` overrides to the config ``cfg`` in place (typed like its fields); returns it."""
     if overrides:
         _apply(cfg, parse_overrides(overrides))
     return cfg

@@ -20,50 +20,31 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
-from safeclip.config import load_config
+from safeclip.compare import PipelineSize, method_inputs, prepare_world
 from safeclip.data import read_quadruplets
 from safeclip.data.quadruplets import read_rows
-from safeclip.eval.embed import embed_quadruplets
+from safeclip.eval.evaluation import evaluate
 from safeclip.eval.nsfw_retrieval import format_table as format_nsfw_table
 from safeclip.eval.nsfw_retrieval import nsfw_retrieval, write_nsfw_retrieval
-from safeclip.eval.retrieval import format_markdown_table, safe_clip_protocol, top1, write_results
+from safeclip.eval.report import metric_table, summarize_seeds
+from safeclip.eval.retrieval import top1
+from safeclip.methods.safe_clip import run_safe_clip
 from safeclip.models.clip import ClipBundle, load_clip
 from safeclip.models.lora import save_merged_clip
-from safeclip.models.resolve import resolve_model
 from safeclip.plots import plot_retrieval_examples, plot_training_curves
 from safeclip.timing import StageClock
-from safeclip.train import train
 
 
 @dataclass
-class DemoSize:
-    """How big the demo's world, base model and fine-tuning are (the defaults meet the 10-minute budget)."""
-
-    world: dict = field(default_factory=dict)  # keyword arguments of build_world
-    pretrain: dict = field(default_factory=dict)  # keyword arguments of pretrain_base
-    train_overrides: list = field(default_factory=list)  # config overrides for the Safe-CLIP run
-
-
-def demo_config_path() -> Path:
-    return Path(str(resources.files("safeclip") / "recipes" / "demo.yaml"))
-
-
-def evaluate_models(models: dict[str, ClipBundle], records, *, batch_size: int = 512) -> tuple[dict, dict]:
-    """Safe-CLIP protocol per model, plus the embeddings (for the example picture)."""
-    results, embeddings = {}, {}
-    for label, bundle in models.items():
-        emb = embed_quadruplets(bundle.text, bundle.vision, bundle.tokenizer, bundle.image_processor, records,
-                                batch_size=batch_size)
-        embeddings[label] = emb
-        results[label] = safe_clip_protocol(emb["safe_text"], emb["safe_image"], emb.get("unsafe_text"), emb.get("unsafe_image"))
-    return results, embeddings
+class DemoSize(PipelineSize):
+    """How big the demo's world, base model and Safe-CLIP fine-tuning are (the defaults meet the 10-minute
+    budget): a settings tree of ``safeclip.config`` (YAML, dotted overrides), shared with ``safeclip compare``."""
 
 
 def found_image_retrieval(models: dict[str, ClipBundle], world: Path, records) -> dict:
@@ -98,13 +79,13 @@ def retrieval_examples(records, embeddings: dict, *, count: int = 4) -> tuple[li
             pick(v2t_base, v2t_safe, lambda i: records[i].unsafe_image, texts))
 
 
-def write_report(out: Path, results: dict, found: dict, run_dir: Path, seconds: dict, command: str) -> Path:
+def write_report(out: Path, table: str, found: dict, run_dir: Path, seconds: dict, command: str) -> Path:
     lines = [
         "# Safe-CLIP in the offline miniature world",
         "",
         f"Reproduce: `{command}`",
         "",
-        format_markdown_table(results, "safe-clip"),
+        table,
         "Found unsafe images among safe distractors (paper Table 3; `nsfw_retrieval.json`):",
         "",
         format_nsfw_table(found),
@@ -132,87 +113,57 @@ def write_report(out: Path, results: dict, found: dict, run_dir: Path, seconds: 
 
 def run_demo(out: str | os.PathLike, *, seed: int = 0, size: DemoSize | None = None, progress: bool = True) -> dict:
     """Run every stage into ``out``; returns the ``results.json`` content."""
-    from safeclip.world import build_world, pretrain_base
-
     size = size or DemoSize()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clock = StageClock("demo")
     seconds, stage = clock.seconds, clock.stage
 
-    print(f"[demo] 1/5 world -> {out / 'world'}", flush=True)
-    world = Path(build_world(out / "world", seed=seed, progress=progress, **size.world))
-    stage("world")
-    print(f"[demo] 2/5 base CLIP -> {out / 'base'}", flush=True)
-    base_dir = Path(pretrain_base(world, out / "base", seed=seed, progress=progress, **size.pretrain))
-    stage("base")
-
-    print(f"[demo] 3/5 Safe-CLIP fine-tuning -> {out / 'run'}", flush=True)
-    run_dir = out / "run"
-    if not (run_dir / "summary.json").is_file():
-        cfg = load_config(demo_config_path(), [
-            f"model.name={base_dir}", f"data.train={world / 'train.jsonl'}", f"data.val={world / 'val.jsonl'}",
-            f"run.out_dir={run_dir}", f"run.seed={seed}", f"run.progress={str(progress).lower()}",
-            f"run.resume={str((run_dir / 'checkpoints').exists()).lower()}", *size.train_overrides,
-        ])
-        train(cfg)
+    sources = prepare_world(out, seed, size, progress, tag="demo", stage=stage)
+    world = Path(sources.world)
+    print(f"[demo] Safe-CLIP fine-tuning -> {out / 'run'}", flush=True)
+    safe_clip = run_safe_clip(method_inputs("safe-clip", out, sources, seed, size, progress))
     stage("safe-clip")
 
-    print("[demo] 4/5 evaluation on the test split (Safe-CLIP protocol)", flush=True)
-    records, _ = read_quadruplets(world / "test.jsonl")
-    models = {"base": load_clip(base_dir), "safe-clip": resolve_model(run_dir)}
-    results, embeddings = evaluate_models(models, records)
-    write_results(results, out, protocol="safe-clip")
+    print("[demo] evaluation on the test split (Safe-CLIP protocol)", flush=True)
+    records, _ = read_quadruplets(Path(sources.test))
+    models = {"base": load_clip(sources.base), "safe-clip": safe_clip}
+    results = evaluate(models, records, protocols=("safe-clip",), keep_embeddings=True)
+    results.write(out)
     found = found_image_retrieval(models, world, records)
     write_nsfw_retrieval(found, out)
     stage("evaluation")
 
-    print(f"[demo] 5/5 merged model -> {out / 'model'} and report", flush=True)
+    print(f"[demo] merged model -> {out / 'model'} and report", flush=True)
     save_merged_clip(models["safe-clip"], out / "model")
+    run_dir = out / "run"
     plot_training_curves(run_dir, out / "curves.png")
-    t2v, v2t = retrieval_examples(records, embeddings)
+    t2v, v2t = retrieval_examples(records, results.embeddings)
     plot_retrieval_examples(t2v, out / "examples_t2v.png", title="unsafe text -> image")
     plot_retrieval_examples(v2t, out / "examples_v2t.png", title="unsafe image -> text")
     command = "safeclip demo --out " + shlex.quote(str(out)) + f" --seed {seed}"
     stage("export+report")
-    write_report(out, results, found, run_dir, seconds, command)
+    write_report(out, results.table(), found, run_dir, seconds, command)
     write_json_atomic(out / "timing.json", {**seconds, "total": sum(seconds.values())})
-    print(format_markdown_table(results, "safe-clip"))
+    print(results.table())
     print(f"[demo] total {sum(seconds.values()):.0f} s; report: {out / 'report.md'}")
     return json.loads((out / "results.json").read_text())
 
 
-
-
-def summarize_seeds(per_seed: dict[int, dict]) -> dict:
-    """Mean and standard deviation over seeds of every number in ``results.json``'s models."""
-    first = next(iter(per_seed.values()))["models"]
-    summary: dict = {}
-    for model, directions in first.items():
-        for direction, entry in directions.items():
-            for metric in entry:
-                values = torch.tensor([r["models"][model][direction][metric] for r in per_seed.values()])
-                summary.setdefault(model, {}).setdefault(direction, {})[metric] = {
-                    "mean": float(values.mean()), "std": float(values.std(unbiased=False))}
-    return summary
+SEED_COLUMNS = [("T->V", "R@1"), ("V->T", "R@1"), ("T*->V+V*", "R@1"), ("T*->V+V*", "NSFW@1"),
+                ("V*->T+T*", "R@1"), ("V*->T+T*", "NSFW@1")]
 
 
 def format_seed_table(summary: dict, seeds: list[int]) -> str:
-    columns = [("T->V", "R@1"), ("V->T", "R@1"), ("T*->V+V*", "R@1"), ("T*->V+V*", "NSFW@1"),
-               ("V*->T+T*", "R@1"), ("V*->T+T*", "NSFW@1")]
-    lines = [f"Safe-CLIP protocol in the offline world, mean ± std over seeds {', '.join(map(str, seeds))} (percent).", "",
-             "| model | " + " | ".join(f"{d} {m}" for d, m in columns) + " |", "|---|" + "---:|" * len(columns)]
-    for model, directions in summary.items():
-        cells = [f"{directions[d][m]['mean']:.1f} ± {directions[d][m]['std']:.1f}" for d, m in columns]
-        lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return (f"Safe-CLIP protocol in the offline world, mean ± std over seeds {', '.join(map(str, seeds))} (percent).\n\n"
+            + metric_table(summary, SEED_COLUMNS))
 
 
 def run_seeds(out: str | os.PathLike, seeds: list[int], *, size: DemoSize | None = None, progress: bool = True) -> dict:
     """Run the demo once per seed (``out/seed-N``) and write ``out/seeds.json`` and ``out/seeds.md``."""
     out = Path(out)
     per_seed = {seed: run_demo(out / f"seed-{seed}", seed=seed, size=size, progress=progress) for seed in seeds}
-    summary = summarize_seeds(per_seed)
+    summary = summarize_seeds({s: result["models"] for s, result in per_seed.items()})
     write_json_atomic(out / "seeds.json", {"protocol": "safe-clip", "seeds": seeds, "summary": summary})
     table = format_seed_table(summary, seeds)
     write_text_atomic(out / "seeds.md", table + f"\nReproduce: `safeclip demo --out {out} --seeds {','.join(map(str, seeds))}`\n")

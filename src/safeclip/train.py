@@ -49,8 +49,7 @@ from safeclip.data import (
     read_quadruplets,
 )
 from safeclip.distributed import gather_with_grad, world_size
-from safeclip.eval.embed import embed_quadruplets
-from safeclip.eval.retrieval import safe_clip_protocol
+from safeclip.eval.evaluation import evaluate
 from safeclip.losses import LOSS_TERMS, safe_clip_objective
 from safeclip.models.clip import ClipBundle, encode_pixel_batch, encode_token_batch, load_clip
 from safeclip.models.lora import add_lora, adapters_disabled, lora_config, save_adapters
@@ -221,11 +220,9 @@ def safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batc
 
 def validate(text_base, vision_base, bundle: ClipBundle, records, cfg: TrainConfig) -> tuple[float, dict]:
     """Safe-CLIP retrieval protocol on the validation split; score = sum of every recall."""
-    emb = embed_quadruplets(text_base, vision_base, bundle.tokenizer, bundle.image_processor, records,
-                            batch_size=cfg.run.eval_batch_size)
-    if "safe_image" not in emb:
-        return 0.0, {}
-    metrics = safe_clip_protocol(emb["safe_text"], emb["safe_image"], emb.get("unsafe_text"), emb.get("unsafe_image"))
+    model = dataclasses.replace(bundle, text=text_base, vision=vision_base)
+    metrics = evaluate({"model": model}, records, protocols=("safe-clip",), batch_size=cfg.run.eval_batch_size,
+                       skip_missing=True).models["model"]
     score = sum(v for direction in metrics.values() for k, v in direction.items() if k.startswith("R@"))
     return float(score), metrics
 

@@ -1,6 +1,7 @@
 """`safeclip compare` end to end at tiny size: every method, the compare.json shape, the report, reuse."""
 
 import dataclasses
+import hashlib
 import json
 
 import pytest
@@ -9,9 +10,10 @@ from safeclip.cli import main
 from safeclip.compare import TINY, run_compare
 from safeclip.eval.safeground import SAFEGROUND_KEYS
 from safeclip.methods.base import Budget
+from safeclip.world.build import WorldSize
 
 SMALL = dataclasses.replace(
-    TINY, world={"n_train": 128, "n_val": 16, "n_test": 32, "n_found": 4, "n_distractors": 4},
+    TINY, world=WorldSize(n_train=128, n_val=16, n_test=32, n_found=4, n_distractors=4),
     budget=Budget(epochs=2, batch_size=32, calibration_rows=32))
 RECALLS = {"R@1", "R@5", "R@10", "R@20"}
 DIRECTIONS = {"T->V": RECALLS, "V->T": RECALLS, "T*->V+V*": RECALLS | {"NSFW@1"}, "V*->T+T*": RECALLS | {"NSFW@1"}}
@@ -52,9 +54,21 @@ def test_every_stage_has_its_folder_and_the_report(compared):
     assert "safeclip compare --out" in report and "| safer-clip |" in report and "safety_utility.png" in report
 
 
+def stage_files(out) -> dict[str, tuple[int, str]]:
+    """Every file of the reusable stages (world, base, methods) -> (mtime in ns, sha256 of its bytes)."""
+    return {str(p.relative_to(out)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for stage in ("world", "base", "methods") for p in sorted((out / stage).rglob("*")) if p.is_file()}
+
+
 def test_rerun_reuses_every_stage_and_gives_the_same_numbers(compared):
     out, result = compared
+    before = stage_files(out)
+    assert any(name.startswith("methods/uwm/") for name in before) and any(name.startswith("base/") for name in before)
     assert run_compare(out, seed=0, size=SMALL, progress=False)["methods"] == result["methods"]
+    after = stage_files(out)
+    assert after.keys() == before.keys(), "a reused stage wrote or removed files"
+    rewritten = [name for name in before if after[name] != before[name]]
+    assert not rewritten, f"reused stages were rewritten: {rewritten[:5]}"
 
 
 def test_cli_rejects_an_unknown_method(tmp_path, capsys):
@@ -63,21 +77,42 @@ def test_cli_rejects_an_unknown_method(tmp_path, capsys):
 
 
 def test_seed_summary_mean_and_spread_by_hand():
-    from safeclip.compare import format_compare_table, summarize
+    from safeclip.compare import format_compare_table
+    from safeclip.eval.report import summarize_seeds
 
-    per_seed = {s: {"methods": {"base": {"T->V": {"R@1": v}, "zero_shot": {"accuracy": 2 * v}}}} for s, v in ((0, 10.0), (1, 20.0))}
-    summary = summarize(per_seed)
+    per_seed = {s: {"base": {"T->V": {"R@1": v}, "zero_shot": {"accuracy": 2 * v}}} for s, v in ((0, 10.0), (1, 20.0))}
+    summary = summarize_seeds(per_seed)
     assert summary["base"]["T->V"]["R@1"] == {"mean": 15.0, "std": 5.0}  # population std of (10, 20)
     assert summary["base"]["zero_shot"]["accuracy"] == {"mean": 30.0, "std": 10.0}
-    assert "| base | 15.0 ± 5.0 |" in format_compare_table(summary)
+    table = format_compare_table(summary, {"zero_shot": "zero-shot accuracy"})
+    assert "| base | 15.0 ± 5.0 |" in table and table.rstrip().endswith("- `zero_shot`: zero-shot accuracy")
 
 
 def test_seed_summary_plots_its_means(tmp_path):
-    from safeclip.compare import plot_safety_utility, summarize
+    """The scatter puts each model at the mean over seeds of (zero-shot accuracy, 100 - mean NSFW@1)."""
+    from PIL import Image
+
+    from safeclip.compare import draw_safety_utility, plot_safety_utility
+    from safeclip.eval.report import summarize_seeds
+    from safeclip.plots import plt
 
     def metrics(nsfw, acc):
         return {"T*->V+V*": {"NSFW@1": nsfw}, "V*->T+T*": {"NSFW@1": nsfw + 10}, "zero_shot": {"accuracy": acc}}
 
-    per_seed = {s: {"methods": {"base": metrics(90.0 + s, 40.0), "safe-clip": metrics(30.0 + s, 41.0)}} for s in (0, 1, 2)}
-    out = plot_safety_utility(summarize(per_seed), tmp_path / "safety_utility.png")
-    assert out.stat().st_size > 1000
+    per_seed = {s: {"base": metrics(90.0 + s, 40.0 + s), "safe-clip": metrics(30.0 + s, 41.0)} for s in (0, 1, 2)}
+    summary = summarize_seeds(per_seed)
+    summary["no-accuracy"] = {"T*->V+V*": {"NSFW@1": {"mean": 1.0, "std": 0.0}}}  # not plotted: no x
+    fig = draw_safety_utility(summary)
+    ax = fig.axes[0]
+    drawn = {t.get_text(): tuple(t.xy) for t in ax.texts}
+    # base: accuracy mean(40, 41, 42) = 41; NSFW@1 means 91 and 101 -> 100 - 96 = 4. safe-clip: 41, 100 - 36 = 64.
+    assert drawn == {"base": (41.0, 4.0), "safe-clip": (41.0, 64.0)}
+    points = sorted(tuple(float(v) for v in c.get_offsets()[0]) for c in ax.collections)
+    assert points == [(41.0, 4.0), (41.0, 64.0)]
+    plt.close(fig)
+    out = plot_safety_utility(summary, tmp_path / "safety_utility.png")
+    with Image.open(out) as image:
+        assert image.format == "PNG" and image.size == (605, 462)  # 5.5 x 4.2 inches at 110 dpi
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+    marker_pixels = {rgb: n for n, rgb in colours if rgb in {(31, 119, 180), (255, 127, 14)}}  # C0 and C1 markers
+    assert len(marker_pixels) == 2 and min(marker_pixels.values()) > 20  # both points are drawn in the file

@@ -6,14 +6,17 @@ import pytest
 from transformers import CLIPModel, CLIPTextModel, CLIPTokenizer, CLIPVisionModel
 
 from safeclip.demo import DemoSize, run_demo
+from safeclip.methods.base import Budget
+from safeclip.world.build import WorldSize
+from safeclip.world.pretrain import PretrainSettings
 from tests.generators import run_tiny_llava, tiny_stable_diffusion
 
-SMALL = DemoSize(
-    world={"n_train": 240, "n_val": 40, "n_test": 60, "n_found": 20, "n_distractors": 20},
-    pretrain={"epochs": 2, "batch_size": 64, "hidden_size": 32, "num_layers": 1, "intermediate_size": 64,
-              "projection_dim": 32, "patch_size": 8, "vocab_size": 400, "warmup_steps": 2},
-    train_overrides=["optim.epochs=2", "data.batch_size=32", "lora.r=4", "run.eval_batch_size=64"],
-)
+SMALL = DemoSize(world=WorldSize(n_train=240, n_val=40, n_test=60, n_found=20, n_distractors=20),
+                 pretrain=PretrainSettings(epochs=2, batch_size=64, hidden_size=32, num_layers=1, intermediate_size=64,
+                                           projection_dim=32, patch_size=8, vocab_size=400, warmup_steps=2),
+                 budget=Budget(epochs=2, batch_size=32))
+SMALL.safe_clip.lora.r = 4
+SMALL.safe_clip.run.eval_batch_size = 64
 DIRECTIONS = {"T->V": {"R@1", "R@5", "R@10", "R@20"}, "V->T": {"R@1", "R@5", "R@10", "R@20"},
               "T*->V+V*": {"R@1", "R@5", "R@10", "R@20", "NSFW@1"}, "V*->T+T*": {"R@1", "R@5", "R@10", "R@20", "NSFW@1"}}
 
@@ -57,10 +60,22 @@ def test_same_seed_same_numbers(demo, tmp_path):
     assert run_demo(tmp_path / "again", seed=0, size=SMALL, progress=False) == results
 
 
-def test_seed_summary_mean_and_spread():
-    from safeclip.demo import summarize_seeds
+def test_fine_tuning_ran_with_the_typed_recipe_and_budget(demo):
+    """The demo's Safe-CLIP run is the safe-clip method with SMALL's recipe and budget (no string re-parsing)."""
+    import yaml
 
-    make = lambda x: {"models": {"base": {"T->V": {"R@1": x}}}}  # noqa: E731
-    summary = summarize_seeds({0: make(10.0), 1: make(20.0), 2: make(30.0)})
-    assert summary["base"]["T->V"]["R@1"]["mean"] == 20.0
-    assert abs(summary["base"]["T->V"]["R@1"]["std"] - (200 / 3) ** 0.5) < 1e-6
+    out, _ = demo
+    cfg = yaml.safe_load((out / "run" / "config.yaml").read_text())
+    assert cfg["lora"]["r"] == 4 and cfg["run"]["eval_batch_size"] == 64
+    assert cfg["optim"]["epochs"] == 2 and cfg["data"]["batch_size"] == 32
+    assert cfg["model"]["name"] == str(out / "base") and cfg["data"]["train"] == str(out / "world" / "train.jsonl")
+    assert cfg["loss"]["preservation_contrastive"] == 3.0  # recipes/demo.yaml
+
+
+def test_seed_table_shows_mean_and_spread():
+    from safeclip.demo import SEED_COLUMNS, format_seed_table
+
+    summary = {"base": {d: {m: {"mean": 20.0, "std": 8.16} for _, m in SEED_COLUMNS} for d, _ in SEED_COLUMNS}}
+    table = format_seed_table(summary, [0, 1, 2])
+    assert "seeds 0, 1, 2" in table.splitlines()[0]
+    assert table.splitlines()[4] == "| base | " + " | ".join(["20.0 ± 8.2"] * 6) + " |"

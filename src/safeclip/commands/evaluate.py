@@ -25,19 +25,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="Example:\n  safeclip eval retrieval --data world/test.jsonl --model base=world/base "
         "--model safe-clip=runs/tiny --out results/",
     )
-    retrieval.add_argument("--data", required=True, help="test quadruplets (ViSU JSON, ViSU-Text, or quadruplet JSONL/CSV)")
-    retrieval.add_argument("--model", action="append", required=True, metavar="[LABEL=]MODEL",
-                           help="a model to evaluate, repeatable: a CLIP folder or hub id, or a run folder "
-                           "(its base plus best adapters); LABEL names its row (default: the path)")
-    retrieval.add_argument("--adapters", action="append", default=[], metavar="LABEL=DIR",
-                           help="apply the adapters in DIR to the model labelled LABEL")
-    retrieval.add_argument("--out", required=True, help="output folder for results.json and results.md")
-    retrieval.add_argument("--image-root", default="", help="folder relative image paths start from (ViSU: the COCO root)")
+    add_data_arguments(retrieval, "test quadruplets (ViSU JSON, ViSU-Text, or quadruplet JSONL/CSV)",
+                       image_root="folder relative image paths start from (ViSU: the COCO root)")
+    add_model_arguments(retrieval, "output folder for results.json and results.md", adapters=True)
     retrieval.add_argument("--unsafe-image-root", default="", help="folder for ViSU's nsfw_im_path entries")
-    retrieval.add_argument("--format", default="auto", choices=FORMATS, help="input format")
-    retrieval.add_argument("--batch-size", type=int, default=256, help="embedding batch size")
-    retrieval.add_argument("--max-rows", type=int, default=0, help="evaluate only the first N rows (0: all)")
-    retrieval.add_argument("--skip-bad-rows", action="store_true", help="skip and count bad rows instead of failing")
+    add_batch_arguments(retrieval, skip_help="skip and count bad rows instead of failing")
     retrieval.set_defaults(func=run_retrieval)
     nsfw = evals.add_parser(
         "nsfw-retrieval",
@@ -55,7 +47,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="unsafe images, repeatable (one source each): a JSONL with unsafe_image paths, or a folder of images")
     nsfw.add_argument("--distractors", required=True,
                       help="JSONL with safe_image and safe_text columns (safe distractors), paths relative to it")
-    nsfw.add_argument("--model", action="append", required=True, metavar="[LABEL=]MODEL", help="as in `eval retrieval`")
+    nsfw.add_argument("--model", action="append", required=True, metavar="[LABEL=]MODEL", help=MODEL_HELP)
     nsfw.add_argument("--out", required=True, help="output folder")
     nsfw.add_argument("--max-queries", type=int, default=0, help="use the first N unsafe texts (0: all)")
     nsfw.set_defaults(func=run_nsfw_retrieval)
@@ -73,18 +65,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  safeclip eval safer-t2v --data demo/world/test.jsonl --model base=demo/base --model safe-clip=demo/run "
         "--out results/safer",
     )
-    safer.add_argument("--data", required=True, help="pairs with safe images and unsafe texts (NSFWCaps, ViSU, table)")
-    safer.add_argument("--model", action="append", required=True, metavar="[LABEL=]MODEL", help="as in `eval retrieval`")
-    safer.add_argument("--out", required=True, help="output folder for safer_t2v.json and safer_t2v.md")
-    safer.add_argument("--image-root", default="", help="folder of the (fetched) safe images")
-    safer.add_argument("--format", default="auto", choices=FORMATS, help="input format")
-    safer.add_argument("--batch-size", type=int, default=256, help="embedding batch size")
-    safer.add_argument("--max-rows", type=int, default=0, help="evaluate only the first N rows (0: all)")
-    safer.add_argument("--skip-bad-rows", action="store_true", help="skip and count bad rows (e.g. images not fetched)")
+    add_data_arguments(safer, "pairs with safe images and unsafe texts (NSFWCaps, ViSU, table)",
+                       image_root="folder of the (fetched) safe images")
+    add_model_arguments(safer, "output folder for safer_t2v.json and safer_t2v.md")
+    add_batch_arguments(safer, skip_help="skip and count bad rows (e.g. images not fetched)")
     safer.set_defaults(func=run_safer_t2v)
     if importlib.util.find_spec("safeclip.commands.generators") is not None:
         importlib.import_module("safeclip.commands.generators").register_eval(evals)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+MODEL_HELP = ("a model to evaluate, repeatable: a CLIP folder or hub id, or a run folder (its base plus best "
+              "adapters); LABEL names its row (default: the path)")
+
+
+def add_data_arguments(parser: argparse.ArgumentParser, data_help: str, *, image_root: str) -> None:
+    """``--data``, ``--image-root`` and ``--format``: the quadruplets an evaluation reads."""
+    parser.add_argument("--data", required=True, help=data_help)
+    parser.add_argument("--image-root", default="", help=image_root)
+    parser.add_argument("--format", default="auto", choices=FORMATS, help="input format")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, out_help: str, *, adapters: bool = False) -> None:
+    """``--model`` (repeatable, labelled), optionally ``--adapters``, and ``--out``."""
+    parser.add_argument("--model", action="append", required=True, metavar="[LABEL=]MODEL", help=MODEL_HELP)
+    if adapters:
+        parser.add_argument("--adapters", action="append", default=[], metavar="LABEL=DIR",
+                            help="apply the adapters in DIR to the model labelled LABEL")
+    parser.add_argument("--out", required=True, help=out_help)
+
+
+def add_batch_arguments(parser: argparse.ArgumentParser, *, skip_help: str) -> None:
+    """``--batch-size``, ``--max-rows`` and ``--skip-bad-rows``."""
+    parser.add_argument("--batch-size", type=int, default=256, help="embedding batch size")
+    parser.add_argument("--max-rows", type=int, default=0, help="evaluate only the first N rows (0: all)")
+    parser.add_argument("--skip-bad-rows", action="store_true", help=skip_help)
 
 
 def split_label(spec: str) -> tuple[str, str]:
@@ -94,27 +109,31 @@ def split_label(spec: str) -> tuple[str, str]:
     return spec, spec
 
 
+def evaluate_specs(args: argparse.Namespace, records, protocol: str, adapters: dict | None = None):
+    """:func:`safeclip.eval.evaluate` of each ``--model`` in turn (one model in memory at a time)."""
+    from safeclip.eval.evaluation import EvalResults, evaluate
+    from safeclip.models.resolve import resolve_model
+
+    results = EvalResults((protocol,))
+    for spec in args.model:
+        label, model = split_label(spec)
+        bundle = resolve_model(model, adapters=(adapters or {}).get(label))
+        results.update(evaluate({label: bundle}, records, protocols=(protocol,), batch_size=args.batch_size,
+                                progress=True))
+    return results
+
+
 def run_retrieval(args: argparse.Namespace) -> int:
     from safeclip.data import read_quadruplets
-    from safeclip.eval.embed import embed_quadruplets
-    from safeclip.eval.retrieval import safe_clip_protocol, write_results
-    from safeclip.models.resolve import resolve_model
+    from safeclip.eval.evaluation import require_modalities
 
     records, report = read_quadruplets(args.data, fmt=args.format, image_root=args.image_root or None,
                                        unsafe_image_root=args.unsafe_image_root or None,
                                        skip_bad_rows=args.skip_bad_rows, max_rows=args.max_rows)
     print(report.summary())
-    adapters = dict(split_label(a) for a in args.adapters)
-    results = {}
-    for spec in args.model:
-        label, model = split_label(spec)
-        bundle = resolve_model(model, adapters=adapters.get(label))
-        emb = embed_quadruplets(bundle.text, bundle.vision, bundle.tokenizer, bundle.image_processor, records,
-                                batch_size=args.batch_size, progress=True)
-        if "safe_image" not in emb:
-            raise ValueError(f"{args.data} has no images; the retrieval protocol needs safe images")
-        results[label] = safe_clip_protocol(emb["safe_text"], emb["safe_image"], emb.get("unsafe_text"), emb.get("unsafe_image"))
-    json_path, md_path = write_results(results, Path(args.out), protocol="safe-clip")
+    require_modalities(("safe-clip",), report.modalities, str(args.data))
+    results = evaluate_specs(args, records, "safe-clip", dict(split_label(a) for a in args.adapters))
+    json_path, md_path = results.write(Path(args.out))
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")
     return 0
@@ -123,33 +142,23 @@ def run_retrieval(args: argparse.Namespace) -> int:
 def run_safer_t2v(args: argparse.Namespace) -> int:
     from safeclip.checkpoint import write_json_atomic, write_text_atomic
     from safeclip.data import read_quadruplets
-    from safeclip.eval.embed import embed_quadruplets
-    from safeclip.eval.safer_protocol import PROTOCOL, SAFER_KS, safer_t2v
-    from safeclip.models.resolve import resolve_model
+    from safeclip.eval.evaluation import require_modalities
+    from safeclip.eval.report import markdown_table
+    from safeclip.eval.safer_protocol import PROTOCOL, SAFER_KS
 
     records, report = read_quadruplets(args.data, fmt=args.format, image_root=args.image_root or None,
                                        skip_bad_rows=args.skip_bad_rows, max_rows=args.max_rows)
     print(report.summary())
-    missing = [m for m in ("safe_image", "unsafe_text") if m not in report.modalities]
-    if missing:
-        raise ValueError(f"{args.data} has no {' and no '.join(missing)}; the SafeR-CLIP T*->V protocol needs "
-                         "safe images and unsafe texts")
-    results = {}
-    for spec in args.model:
-        label, model = split_label(spec)
-        bundle = resolve_model(model)
-        emb = embed_quadruplets(bundle.text, bundle.vision, bundle.tokenizer, bundle.image_processor, records,
-                                modalities=("unsafe_text", "safe_image"), batch_size=args.batch_size, progress=True)
-        results[label] = safer_t2v(emb["unsafe_text"], emb["safe_image"])
+    require_modalities(("safer-t2v",), report.modalities, str(args.data))
+    results = {label: m["safer_t2v"] for label, m in evaluate_specs(args, records, "safer-t2v").models.items()}
     out = Path(args.out)
     write_json_atomic(out / "safer_t2v.json", {"protocol": PROTOCOL, "data": str(args.data), "n": len(records),
                                                "models": results})
     keys = [f"R@{k}" for k in SAFER_KS]
-    table = "\n".join([f"{PROTOCOL} ({len(records)} pairs of {args.data}), percent.", "",
-                       "| model | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
-                      + [f"| {label} | " + " | ".join(f"{r[k]:.1f}" for k in keys) + " |" for label, r in results.items()])
-    write_text_atomic(out / "safer_t2v.md", table + "\n")
-    print(table)
+    table = (f"{PROTOCOL} ({len(records)} pairs of {args.data}), percent.\n\n"
+             + markdown_table("model", keys, {label: [r[k] for k in keys] for label, r in results.items()}))
+    write_text_atomic(out / "safer_t2v.md", table)
+    print(table, end="")
     print(f"wrote {out / 'safer_t2v.json'} and {out / 'safer_t2v.md'}")
     return 0
 

@@ -19,6 +19,7 @@ import torch
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.data.loader import load_rgb
+from safeclip.eval.report import metric_table
 from safeclip.eval.retrieval import top1
 from safeclip.models.clip import ClipBundle, encode_images, encode_texts
 
@@ -67,11 +68,8 @@ def nsfw_retrieval(
 def format_table(models: dict[str, dict]) -> str:
     first = next(iter(models.values()))
     columns = [(d, s) for d in ("T2I", "I2T") for s in first[d]]
-    lines = [f"NSFW retrieval, protocol: {PROTOCOL}. % of queries whose top-1 item is unsafe (lower is safer).", "",
-             "| model | " + " | ".join(f"{d} {s}" for d, s in columns) + " |", "|---|" + "---:|" * len(columns)]
-    for label, result in models.items():
-        lines.append(f"| {label} | " + " | ".join(f"{result[d][s]:.1f}" for d, s in columns) + " |")
-    return "\n".join(lines) + "\n"
+    return (f"NSFW retrieval, protocol: {PROTOCOL}. % of queries whose top-1 item is unsafe (lower is safer).\n\n"
+            + metric_table(models, columns))
 
 
 def write_nsfw_retrieval(models: dict[str, dict], out_dir: str | os.PathLike, stem: str = "nsfw_retrieval") -> Path:

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.eval.report import metric_table
 
 DEFAULT_KS = (1, 5, 10, 20)
 
@@ -229,10 +230,6 @@ def safe_clip_protocol(
 # ----------------------------------------------------------------------------- reporting
 
 
-def _cell(value) -> str:
-    return f"{value:.1f}" if isinstance(value, (int, float)) else "-"
-
-
 def format_markdown_table(models: dict[str, dict], protocol: str = "safe-clip") -> str:
     """Markdown table: one row per model, one column per (direction, metric), one decimal.
 
@@ -245,16 +242,8 @@ def format_markdown_table(models: dict[str, dict], protocol: str = "safe-clip") 
         for direction, entry in metrics.items():
             columns += [(direction, name) for name in entry if (direction, name) not in columns]
     caption = PROTOCOL_CAPTIONS.get(protocol, protocol)
-    lines = [
-        f"Retrieval, protocol: {protocol}. {caption}. Percent; R@k higher is better, NSFW@1 lower is safer.",
-        "",
-        "| model | " + " | ".join(f"{d} {m}" for d, m in columns) + " |",
-        "|---|" + "---:|" * len(columns),
-    ]
-    for label, metrics in models.items():
-        cells = [_cell(metrics.get(d, {}).get(m)) for d, m in columns]
-        lines.append(f"| {str(label).replace('|', chr(92) + '|')} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return (f"Retrieval, protocol: {protocol}. {caption}. Percent; R@k higher is better, NSFW@1 lower is safer.\n\n"
+            + metric_table(models, columns))
 
 
 def write_results(

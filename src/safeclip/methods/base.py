@@ -22,6 +22,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from safeclip.models.clip import ClipBundle
 
@@ -56,6 +57,9 @@ class MethodInputs:
     budget: Budget = field(default_factory=Budget)
     overrides: list[str] = field(default_factory=list)  # method-specific "key=value" settings
     progress: bool = True
+    # The method's typed settings, used instead of its defaults (overrides apply on top). safe-clip: a
+    # TrainConfig recipe (default: recipes/demo.yaml); the other methods read only ``overrides``.
+    settings: Any = None
 
     @property
     def out(self) -> Path:
