@@ -57,30 +57,3 @@ def write_folder_atomic(target: str | os.PathLike, fill: Callable[[Path], None])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
-
-
-# ----------------------------------------------------------------------------- append-only record files
-
-
-def end_torn_line(fh) -> None:
-    """After an interrupted write the file open in ``fh`` (append mode) may end mid-line: start the next
-    record on a fresh line."""
-    if fh.tell() > 0:
-        with open(fh.name, "rb") as check:
-            check.seek(-1, os.SEEK_END)
-            if check.read(1) != b"\n":
-                fh.write("\n")
-
-
-def read_jsonl_records(paths) -> list[dict]:
-    """Every JSON line of ``paths`` in order, skipping blank lines and the torn last line of an interrupted run."""
-    rows = []
-    for path in paths:
-        for line in Path(path).read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return rows

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 import torch
 
-from safeclip.datagen.generate import assign_categories, done_ids, generate_dataset, merge_parts, read_captions
+from safeclip.datagen.generate import assign_categories, caption_job, generate_dataset, merge_parts, read_captions
 from safeclip.datagen.preferences import build_pairs, eq3_rank
 from safeclip.datagen.prompts import clean_completion, format_prompt
 from safeclip.world.categories import CATEGORIES
@@ -80,7 +80,7 @@ def test_generate_resumes_without_duplicates_or_losses(tmp_path):
     with pytest.raises(Interrupt):
         generate_dataset(rows, tmp_path, flaky, batch_size=4, rank=0, world_size=1, progress=False)
     part = tmp_path / "part-0.jsonl"
-    assert len(done_ids(part)) == 8
+    assert len(caption_job(tmp_path, rank=0, world_size=1).finished()) == 8
     # a torn last line (killed mid-write) is dropped and redone
     with open(part, "a") as handle:
         handle.write('{"id": "r99", "safe')
@@ -100,7 +100,7 @@ def test_generate_shards_cover_every_row_once(tmp_path):
     for rank in range(3):
         generate_dataset(rows, tmp_path, lambda ps: ["x"] * len(ps), batch_size=5, rank=rank, world_size=3,
                          progress=False)
-    per_rank = [done_ids(tmp_path / f"part-{r}.jsonl") for r in range(3)]
+    per_rank = [{r["id"] for r in map(json.loads, (tmp_path / f"part-{k}.jsonl").read_text().splitlines())} for k in range(3)]
     assert sum(len(s) for s in per_rank) == 41 and set().union(*per_rank) == {r["id"] for r in rows}
     merged = [json.loads(x) for x in merge_parts(tmp_path, rows).read_text().splitlines()]
     assert [r["category"] for r in merged] == assign_categories(41, 0)  # same category as a 1-process run
@@ -109,7 +109,7 @@ def test_generate_shards_cover_every_row_once(tmp_path):
 def test_merge_reports_missing_and_duplicate_ids(tmp_path):
     rows = _rows(5)
     generate_dataset(rows[:3], tmp_path, lambda ps: ["x"] * len(ps), rank=0, world_size=1, progress=False)
-    with pytest.raises(ValueError, match="not generated yet"):
+    with pytest.raises(ValueError, match="captions not finished yet"):
         merge_parts(tmp_path, rows)
     with pytest.raises(ValueError, match="unique"):
         generate_dataset(rows + rows[:1], tmp_path, lambda ps: ["x"] * len(ps), rank=0, world_size=1, progress=False)

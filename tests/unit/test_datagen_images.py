@@ -5,8 +5,7 @@ import json
 import pytest
 from PIL import Image
 
-from safeclip.datagen.generate import done_ids
-from safeclip.datagen.images import SEEDS, build_image_flagger, generate_images, merge_image_parts
+from safeclip.datagen.images import SEEDS, build_image_flagger, generate_images, image_job, merge_image_parts
 from safeclip.datagen.quality import format_quality_markdown, quality_report
 from safeclip.judges import build_judge, build_toxicity
 
@@ -40,14 +39,14 @@ def test_images_resume_without_duplicates(tmp_path):
 
     with pytest.raises(RuntimeError):
         generate_images(rows, tmp_path, flaky, lambda ims, ps: [1.0] * len(ims), rank=0, world_size=1, progress=False)
-    assert done_ids(tmp_path / "images-0.jsonl") == {"r0", "r1", "r2", "r3"}
+    assert image_job(tmp_path, rank=0, world_size=1).finished() == {"r0", "r1", "r2", "r3"}
     generate_images(rows, tmp_path, flaky, lambda ims, ps: [1.0] * len(ims), rank=0, world_size=1, progress=False)
     lines = (tmp_path / "images-0.jsonl").read_text().splitlines()
     assert sorted(json.loads(x)["id"] for x in lines) == sorted(r["id"] for r in rows)
     assert calls.count("r0") == 3  # finished rows were not rendered again (3 seeds once)
     merged = [json.loads(x) for x in merge_image_parts(tmp_path, rows).read_text().splitlines()]
     assert [r["id"] for r in merged] == [r["id"] for r in rows]
-    with pytest.raises(ValueError, match="not rendered yet"):
+    with pytest.raises(ValueError, match="images not finished yet"):
         merge_image_parts(tmp_path, rows + [{"id": "new", "unsafe_text": "z"}])
 
 

@@ -94,7 +94,7 @@ def _dtype(name: str):
 def _device(name: str):
     if name != "auto":
         return name
-    from safeclip.eval.t2i import process_state
+    from safeclip.jobs import process_state
 
     return process_state().device
 

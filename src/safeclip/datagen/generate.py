@@ -2,9 +2,8 @@
 
 Each caption gets a requested category (a seeded shuffle of a round-robin list, so category counts differ by
 at most one), is formatted with the paper's template and completed by the generator in batches. Work is
-sharded across processes with ``accelerate`` (rank r takes rows r, r+P, ...); each rank appends finished
-rows to its own ``part-<r>.jsonl`` and flushes after every batch, so an interrupted run resumes where it
-stopped, never duplicating or losing a row (a half-written last line is dropped and redone).
+sharded across processes with ``accelerate`` and resumable (``safeclip.jobs``: rank r takes rows r, r+P, ...
+and appends finished rows to its own ``part-<r>.jsonl`` after every batch; a rerun skips recorded rows).
 ``merge_parts`` writes ``unsafe_captions.jsonl`` in input order.
 
     accelerate launch -m safeclip.cli datagen generate --model runs/dpo/merged --captions dataset_coco.json \
@@ -23,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from safeclip.datagen.prompts import clean_completion, format_prompt
+from safeclip.jobs import PartsJob
 from safeclip.world.categories import CATEGORIES
 
 CAPTION_KEYS = ("caption", "safe_text", "text", "sentence", "raw")
@@ -73,19 +73,6 @@ def read_captions(path: str | os.PathLike, *, split: str | None = None, key: str
     return [{"id": str(r.get("id", i)), "safe_text": str(r[column]).strip()} for i, r in enumerate(table)]
 
 
-def done_ids(path: Path) -> set[str]:
-    """Ids of complete rows already in an append-only JSONL; truncates a half-written last line."""
-    if not path.is_file():
-        return set()
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
-        with open(path, "r+b") as handle:
-            handle.truncate(keep)
-        data = data[:keep]
-    return {json.loads(line)["id"] for line in data.decode("utf-8").splitlines() if line.strip()}
-
-
 @torch.no_grad()
 def complete(model, tokenizer, prompts: list[str], *, do_sample: bool = True, temperature: float = 1.0,
              top_p: float = 1.0, max_new_tokens: int = 48, num_return_sequences: int = 1) -> list[str]:
@@ -110,59 +97,38 @@ def hf_generator(model, tokenizer, **sampling) -> Callable[[list[str]], list[str
     return lambda prompts: complete(model, tokenizer, prompts, **sampling)
 
 
+def caption_job(out_dir: str | os.PathLike, *, rank: int | None = None, world_size: int | None = None) -> PartsJob:
+    """The resumable job of ``generate_dataset``: ``part-<rank>.jsonl`` records keyed by caption id."""
+    return PartsJob(out_dir, "part-{rank}.jsonl", key=lambda record: record["id"], rank=rank, world_size=world_size)
+
+
 def generate_dataset(rows: list[dict], out_dir: str | os.PathLike, generate_fn: Callable[[list[str]], list[str]], *,
                      seed: int = 0, batch_size: int = 16, condition: bool = True, rank: int | None = None,
                      world_size: int | None = None, progress: bool = True) -> Path:
     """Append this rank's unsafe captions to ``out_dir/part-<rank>.jsonl``; returns that path.
 
     ``rows`` are ``{"id", "safe_text"}`` (ids unique). Rank and world size default to accelerate's
-    ``PartialState`` (1 process when not launched). Rows already in the part file are skipped.
+    ``PartialState`` (1 process when not launched). Rows already recorded (by any rank) are skipped.
     """
-    ids = [r["id"] for r in rows]
-    if len(set(ids)) != len(ids):
-        raise ValueError("caption ids must be unique to resume safely; give an id column without repeats")
-    if rank is None or world_size is None:
-        from accelerate import PartialState
-
-        state = PartialState()
-        rank, world_size = state.process_index, state.num_processes
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    part = out / f"part-{rank}.jsonl"
-    categories = assign_categories(len(rows), seed)
-    mine = [(r, c) for i, (r, c) in enumerate(zip(rows, categories)) if i % world_size == rank]
-    finished = done_ids(part)
-    todo = [(r, c) for r, c in mine if r["id"] not in finished]
-    with open(part, "a", encoding="utf-8") as handle, \
-            tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"generate t* (rank {rank})",
-                 disable=not progress) as bar:
+    job = caption_job(out_dir, rank=rank, world_size=world_size)
+    todo = job.todo(list(zip(rows, assign_categories(len(rows), seed))), key=lambda pair: pair[0]["id"])
+    with job.appender() as append, tqdm(total=len(todo), desc=f"generate t* (rank {job.rank})",
+                                        disable=not progress) as bar:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
             prompts = [format_prompt(r["safe_text"], c if condition else None) for r, c in chunk]
             texts = generate_fn(prompts)
             if len(texts) != len(chunk):
                 raise ValueError(f"generator returned {len(texts)} texts for {len(chunk)} prompts")
-            handle.write("".join(json.dumps({"id": r["id"], "safe_text": r["safe_text"], "unsafe_text": t,
-                                             "category": c}) + "\n" for (r, c), t in zip(chunk, texts)))
-            handle.flush()
-            os.fsync(handle.fileno())
+            append([{"id": r["id"], "safe_text": r["safe_text"], "unsafe_text": t, "category": c}
+                    for (r, c), t in zip(chunk, texts)])
             bar.update(len(chunk))
-    return part
+    return job.path
 
 
 def merge_parts(out_dir: str | os.PathLike, rows: Iterable[dict] | None = None) -> Path:
     """Join ``part-*.jsonl`` into ``unsafe_captions.jsonl`` (input order when ``rows`` given); returns it."""
-    from safeclip.checkpoint import write_text_atomic
-
-    out = Path(out_dir)
-    found: dict[str, str] = {}
-    for part in sorted(out.glob("part-*.jsonl")):
-        done_ids(part)  # drop a torn last line
-        for line in part.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                found.setdefault(json.loads(line)["id"], line)
-    order = [r["id"] for r in rows] if rows is not None else sorted(found)
-    missing = [i for i in order if i not in found]
-    if missing:
-        raise ValueError(f"{len(missing)} captions not generated yet (e.g. {missing[:3]}); rerun generate to finish")
-    return write_text_atomic(out / "unsafe_captions.jsonl", "".join(found[i] + "\n" for i in order))
+    job = caption_job(out_dir, rank=0, world_size=1)
+    order = [r["id"] for r in rows] if rows is not None else sorted(job.finished())
+    return job.merge(order, Path(out_dir) / "unsafe_captions.jsonl", what="captions",
+                     rerun="rerun generate to finish")

@@ -1,6 +1,6 @@
 """Unsafe images v* for generated captions t* (paper Sec. 3.1): any text-to-image renderer, several seeds per
 prompt (the authors: 1234, 1999, 8185), keeping the first image a pluggable NSFW image classifier flags
-(else the highest-scoring one). Resumable and sharded like ``generate.py``: rank r appends finished rows to
+(else the highest-scoring one). Resumable and sharded (``safeclip.jobs``): rank r appends finished rows to
 ``images-<r>.jsonl`` after each image; ``merge_image_parts`` writes ``quadruplets.jsonl`` (safe_text,
 unsafe_text, safe_image when the input had one, unsafe_image, category, seeds) -- the table training reads.
 
@@ -13,14 +13,13 @@ The paper's renderer is an SDXL fine-tune, ``stablediffusionapi/newrealityxl-glo
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from safeclip.datagen.generate import done_ids
+from safeclip.jobs import PartsJob
 
 SEEDS = (1234, 1999, 8185)
 PAPER_PIPELINE = "stablediffusionapi/newrealityxl-global-nsfw"
@@ -114,54 +113,39 @@ def build_image_flagger(spec: str) -> ImageFlagger:
     raise ValueError(f"unknown image classifier spec {spec!r}; accepted forms: {', '.join(FLAGGER_FORMS)}")
 
 
+def image_job(out_dir: str | os.PathLike, *, rank: int | None = None, world_size: int | None = None) -> PartsJob:
+    """The resumable job of ``generate_images``: ``images-<rank>.jsonl`` records keyed by row id."""
+    return PartsJob(out_dir, "images-{rank}.jsonl", key=lambda record: record["id"], rank=rank, world_size=world_size)
+
+
 def generate_images(rows: list[dict], out_dir: str | os.PathLike, render: Renderer, flagger: ImageFlagger, *,
                     seeds: tuple[int, ...] = SEEDS, threshold: float = 0.5, rank: int | None = None,
                     world_size: int | None = None, progress: bool = True) -> Path:
     """Render ``len(seeds)`` images per row's ``unsafe_text``; keep one; append to ``images-<rank>.jsonl``."""
     if not seeds:
         raise ValueError("give at least one seed")
-    if rank is None or world_size is None:
-        from accelerate import PartialState
-
-        state = PartialState()
-        rank, world_size = state.process_index, state.num_processes
-    out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    part = out / f"images-{rank}.jsonl"
-    mine = [r for i, r in enumerate(rows) if i % world_size == rank]
-    finished = done_ids(part)
-    todo = [r for r in mine if r["id"] not in finished]
-    with open(part, "a", encoding="utf-8") as handle, \
-            tqdm(total=len(mine), initial=len(mine) - len(todo), desc=f"render v* (rank {rank})",
-                 disable=not progress) as bar:
+    job = image_job(out_dir, rank=rank, world_size=world_size)
+    (job.folder / "images").mkdir(parents=True, exist_ok=True)
+    todo = job.todo(rows, key=lambda row: row["id"])
+    with job.appender() as append, tqdm(total=len(todo), desc=f"render v* (rank {job.rank})",
+                                        disable=not progress) as bar:
         for row in todo:
             images = [render(row["unsafe_text"], seed, row) for seed in seeds]
             scores = [float(s) for s in flagger(images, [row["unsafe_text"]] * len(images))]
             flagged = [i for i, s in enumerate(scores) if s >= threshold]
             keep = flagged[0] if flagged else max(range(len(scores)), key=scores.__getitem__)
             name = f"images/{row['id']}.png"
-            images[keep].save(out / name)
+            images[keep].save(job.folder / name)
             record = {k: v for k, v in row.items() if k not in ("unsafe_image",)}
             record.update(unsafe_image=name, seed=seeds[keep], seeds=list(seeds), scores=scores,
                           flagged=bool(flagged))
-            handle.write(json.dumps(record) + "\n")
-            handle.flush()
+            append([record])
             bar.update(1)
-    return part
+    return job.path
 
 
 def merge_image_parts(out_dir: str | os.PathLike, rows: list[dict]) -> Path:
     """Join ``images-*.jsonl`` into ``quadruplets.jsonl`` in the order of ``rows``."""
-    from safeclip.checkpoint import write_text_atomic
-
-    out = Path(out_dir)
-    found = {}
-    for part in sorted(out.glob("images-*.jsonl")):
-        done_ids(part)
-        for line in part.read_text(encoding="utf-8").splitlines():
-            if line.strip():
-                found.setdefault(json.loads(line)["id"], line)
-    missing = [r["id"] for r in rows if r["id"] not in found]
-    if missing:
-        raise ValueError(f"{len(missing)} images not rendered yet (e.g. {missing[:3]}); rerun images to finish")
-    return write_text_atomic(out / "quadruplets.jsonl", "".join(found[r["id"]] + "\n" for r in rows))
+    return image_job(out_dir, rank=0, world_size=1).merge(
+        [r["id"] for r in rows], Path(out_dir) / "quadruplets.jsonl", what="images",
+        rerun="rerun images to finish")

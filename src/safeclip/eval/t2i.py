@@ -28,7 +28,8 @@ from typing import Callable, Mapping, Sequence
 
 import torch
 
-from safeclip.checkpoint import end_torn_line, read_jsonl_records, write_json_atomic, write_text_atomic
+from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.jobs import PartsJob
 from safeclip.eval.i2p import Prompt, aggregate_by_category, format_category_table
 from safeclip.eval.image_judges import judge_images
 
@@ -150,21 +151,15 @@ def load_stable_diffusion(name: str, *, device: str | torch.device | None = None
     return pipe.to(device) if device is not None else pipe
 
 
-def process_state():
-    """accelerate's ``PartialState``; on CPU-only machines ``cpu=True`` so that ``torchrun`` / ``accelerate launch``
-    processes form a gloo group instead of each running everything."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
-
-
-def _key(condition: str, prompt_id: str, seed: int) -> str:
-    return f"{condition}|{prompt_id}|{seed}"
+def t2i_job(out: Path, *, rank: int | None = None, world_size: int | None = None) -> PartsJob:
+    """The resumable job of ``run_t2i``: ``records.rank<R>.jsonl`` keyed by (condition, prompt id, seed)."""
+    return PartsJob(out, "records.rank{rank}.jsonl", key=lambda r: (r["condition"], r["prompt_id"], r["seed"]),
+                    rank=rank, world_size=world_size)
 
 
 def read_records(out: Path) -> list[dict]:
     """All record lines written so far (every rank), skipping a torn last line of an interrupted run."""
-    return read_jsonl_records(sorted(out.glob("records.rank*.jsonl")))
+    return t2i_job(out, rank=0, world_size=1).records()
 
 
 def _safe_name(text: str) -> str:
@@ -175,6 +170,27 @@ def work_items(conditions: Sequence[str], prompts: Sequence[Prompt], cfg: T2ICon
     """Every (condition, prompt, seed) triple, in a fixed order (conditions outermost)."""
     return [(c, p, (p.seed if p.seed is not None else cfg.seed) + k)
             for c in conditions for p in prompts for k in range(cfg.images_per_prompt)]
+
+
+def render_batch(generate: Generate, condition: str, batch: Sequence[tuple[str, Prompt, int]],
+                 judges: Sequence[Callable], out: Path) -> list[dict]:
+    """Generate ``batch``'s images, save them as PNGs under ``out/images/<condition>/``, judge them; one record each."""
+    folder = out / "images" / _safe_name(condition)
+    folder.mkdir(parents=True, exist_ok=True)
+    images = generate([p.text for _, p, _ in batch], [s for _, _, s in batch])
+    if len(images) != len(batch):
+        raise RuntimeError(f"condition {condition} returned {len(images)} images for {len(batch)} prompts")
+    paths = []
+    for (_, p, seed), image in zip(batch, images):
+        path = folder / f"{_safe_name(p.id)}_s{seed}.png"
+        tmp = path.with_suffix(".tmp.png")
+        image.save(tmp)
+        os.replace(tmp, path)
+        paths.append(path)
+    verdicts = judge_images(judges, paths)
+    return [{"condition": condition, "prompt_id": p.id, "prompt": p.text, "categories": list(p.categories),
+             "seed": seed, "image": str(path.relative_to(out)), "judges": verdict, "unsafe": any(verdict.values())}
+            for (_, p, seed), path, verdict in zip(batch, paths, verdicts)]
 
 
 def run_t2i(generators: Mapping[str, Generate], prompts: Sequence[Prompt], judges: Sequence[Callable],
@@ -192,48 +208,20 @@ def run_t2i(generators: Mapping[str, Generate], prompts: Sequence[Prompt], judge
         raise ValueError("no prompts to generate from")
     if not generators:
         raise ValueError("no generator conditions to run")
-    state = None
-    if rank is None or world_size is None:
-        state = process_state()
-        rank, world_size = state.process_index, state.num_processes
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    done = {_key(r["condition"], r["prompt_id"], r["seed"]) for r in read_records(out)}
-    items = work_items(list(generators), prompts, cfg)[rank::world_size]
-    todo = [it for it in items if _key(it[0], it[1].id, it[2]) not in done]
-    records_path = out / f"records.rank{rank}.jsonl"
-    bar = tqdm(total=len(todo), desc=f"t2i rank {rank}", disable=not progress, unit="img")
-    with records_path.open("a", encoding="utf-8") as fh:
-        end_torn_line(fh)
+    job = t2i_job(out, rank=rank, world_size=world_size)
+    todo = job.todo(work_items(list(generators), prompts, cfg), key=lambda it: (it[0], it[1].id, it[2]))
+    bar = tqdm(total=len(todo), desc=f"t2i rank {job.rank}", disable=not progress, unit="img")
+    with job.appender() as append:
         for condition in generators:
             mine = [it for it in todo if it[0] == condition]
-            folder = out / "images" / _safe_name(condition)
-            folder.mkdir(parents=True, exist_ok=True)
             for start in range(0, len(mine), cfg.batch_size):
                 batch = mine[start : start + cfg.batch_size]
-                images = generators[condition]([p.text for _, p, _ in batch], [s for _, _, s in batch])
-                if len(images) != len(batch):
-                    raise RuntimeError(f"condition {condition} returned {len(images)} images for {len(batch)} prompts")
-                paths = []
-                for (_, p, seed), image in zip(batch, images):
-                    path = folder / f"{_safe_name(p.id)}_s{seed}.png"
-                    tmp = path.with_suffix(".tmp.png")
-                    image.save(tmp)
-                    os.replace(tmp, path)
-                    paths.append(path)
-                verdicts = judge_images(judges, paths)
-                for (_, p, seed), path, verdict in zip(batch, paths, verdicts):
-                    row = {"condition": condition, "prompt_id": p.id, "prompt": p.text, "categories": list(p.categories),
-                           "seed": seed, "image": str(path.relative_to(out)), "judges": verdict,
-                           "unsafe": any(verdict.values())}
-                    fh.write(json.dumps(row) + "\n")
-                fh.flush()
-                os.fsync(fh.fileno())
+                append(render_batch(generators[condition], condition, batch, judges, out))
                 bar.update(len(batch))
     bar.close()
-    if state is not None:
-        state.wait_for_everyone()
-    if rank != 0:
+    job.wait_for_everyone()
+    if not job.is_main:
         return None
     return write_t2i_report(out, list(generators), cfg)
 
