@@ -99,7 +99,6 @@ class RunConfig:
     progress: bool = _f(True, "Show progress bars.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (less memory for ViT-H/14 or large batches, ~30% slower).")
     compile: bool = _f(False, "torch.compile the encoders (GPU; pays off on long runs).")
-    stop_after_steps: int = _f(0, "Simulate an interruption: exit after this many optimizer steps of this process (tests).")
 
 
 @dataclass

@@ -10,6 +10,10 @@ of Eq. 4-7 on a batch of quadruplets (v, t, v*, t*), logs each term, validates e
 the Safe-CLIP retrieval protocol, keeps the best adapters (early stopping on the recall sum), and
 writes an atomic checkpoint that ``run.resume=true`` continues from exactly.
 
+:func:`train` is a recipe of named steps, each usable alone: :func:`setup` (model, data, references,
+optimizer, resume) returns a :class:`Run`; per epoch :func:`train_one_epoch` then :func:`end_epoch`
+(:func:`validate_epoch`, :func:`keep_best`, :func:`save_checkpoint`); then :func:`finish`.
+
 Run folder::
 
     config.yaml  meta.json  train_log.jsonl  val_log.jsonl  summary.json
@@ -22,11 +26,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import platform
 import random
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +58,6 @@ from safeclip.losses import LOSS_TERMS, safe_clip_objective
 from safeclip.models.clip import ClipBundle, encode_pixel_batch, encode_token_batch, load_clip
 from safeclip.models.lora import add_lora, adapters_disabled, lora_config, save_adapters
 from safeclip.refcache import load_or_compute_references
-
-INTERRUPTED_EXIT_CODE = 75  # run.stop_after_steps: the process ends as if killed
-
 
 @dataclass
 class TrainState:
@@ -321,47 +322,79 @@ def append_jsonl(path: Path, row: dict) -> None:
         fh.write(json.dumps(row) + "\n")
 
 
-# ----------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------- the recipe
+# train() below reads top to bottom: setup(), then per epoch train_one_epoch() and end_epoch()
+# (validate, keep the best, checkpoint), then finish(). Each step takes the Run that setup() built.
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Fine-tune ``cfg.model.name`` with Safe-CLIP; returns the run folder."""
-    cfg.validate()
-    accelerator = Accelerator(
+@dataclass
+class Run:
+    """Everything setup() builds and the recipe's steps share."""
+
+    cfg: TrainConfig
+    accelerator: Accelerator
+    run_dir: Path
+    bundle: ClipBundle
+    text_base: torch.nn.Module  # the peft-wrapped encoders; adapters off = the frozen T0 / V0
+    vision_base: torch.nn.Module
+    text_model: torch.nn.Module  # what the step calls: DDP-wrapped and/or compiled versions of the above
+    vision_model: torch.nn.Module
+    weight_dtype: torch.dtype
+    params: list
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    train_report: ReadReport
+    val_records: list
+    val_report: ReadReport | None
+    cached_refs: dict[str, torch.Tensor] | None
+    state: TrainState = dataclasses.field(default_factory=TrainState)
+
+    def say(self, message: str) -> None:
+        self.accelerator.print(message)
+
+
+StepCallback = Callable[[Run, dict], None]  # called after every optimizer step with the logged terms
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    return Accelerator(
         cpu=not torch.cuda.is_available(),  # so that torchrun / accelerate launch on CPUs form a gloo group
         gradient_accumulation_steps=cfg.optim.grad_accum,
         mixed_precision=cfg.run.mixed_precision,
         log_with=cfg.run.log_with or None,
         project_dir=cfg.run.out_dir,
     )
-    run_dir = Path(cfg.run.out_dir)
-    say = accelerator.print
+
+
+def check_run_folder(run_dir: Path, cfg: TrainConfig) -> None:
     if run_dir.joinpath("checkpoints", "latest").exists() and not cfg.run.resume:
         raise FileExistsError(f"{run_dir} already holds a run; pass run.resume=true to continue it "
                               "or choose another run.out_dir")
-    set_seed(cfg.run.seed)
 
-    # 1. Model: LoRA on both encoders; with the adapters off they are the frozen T0 / V0.
+
+def load_model(cfg: TrainConfig) -> tuple[ClipBundle, torch.nn.Module, torch.nn.Module]:
+    """The CLIP bundle and its two encoders with LoRA; with the adapters off they are the frozen T0 / V0."""
     bundle = load_clip(cfg.model.name, dtype=dtype_of(cfg.model.dtype))
     for encoder in (bundle.text, bundle.vision):
         encoder.set_attn_implementation(cfg.model.attn_implementation)
     text_base, vision_base = prepare_encoders(bundle, cfg)
-    weight_dtype = dtype_of(cfg.model.dtype)
+    return bundle, text_base, vision_base
 
-    # 2. Data.
-    train_records, train_report = read_split(cfg.data.train, cfg)
-    say(train_report.summary())
-    say("mode: " + describe_mode(train_report))
-    val_records, val_report = (read_split(cfg.data.val, cfg) if cfg.data.val else ([], None))
-    if val_report:
-        say(val_report.summary())
-    micro_batch = cfg.data.batch_size // cfg.optim.grad_accum // accelerator.num_processes
-    if micro_batch < 2 or micro_batch * cfg.optim.grad_accum * accelerator.num_processes != cfg.data.batch_size:
+
+def micro_batch_size(cfg: TrainConfig, processes: int) -> int:
+    micro_batch = cfg.data.batch_size // cfg.optim.grad_accum // processes
+    if micro_batch < 2 or micro_batch * cfg.optim.grad_accum * processes != cfg.data.batch_size:
         raise ValueError(f"data.batch_size={cfg.data.batch_size} must split evenly into optim.grad_accum="
-                         f"{cfg.optim.grad_accum} x {accelerator.num_processes} processes with >= 2 items each")
-    cache_gib = image_cache_gib(bundle.image_processor, train_records, train_report)
+                         f"{cfg.optim.grad_accum} x {processes} processes with >= 2 items each")
+    return micro_batch
+
+
+def build_loader(cfg: TrainConfig, bundle: ClipBundle, records: list, report: ReadReport, processes: int) -> DataLoader:
+    """Batches of ``micro_batch_size`` in an order fixed by (seed, epoch); images decoded once if they fit."""
+    micro_batch = micro_batch_size(cfg, processes)
+    cache_gib = image_cache_gib(bundle.image_processor, records, report)
     cache_images = cfg.data.num_workers == 0 and cache_gib <= cfg.data.image_cache_gb  # decode once, if it fits
-    dataset = QuadrupletDataset(train_records, bundle.image_processor, train_report.modalities, cache_images=cache_images)
+    dataset = QuadrupletDataset(records, bundle.image_processor, report.modalities, cache_images=cache_images)
     sampler = EpochShuffleSampler(len(dataset), seed=cfg.run.seed)
     loader = DataLoader(dataset, batch_size=micro_batch, sampler=sampler, drop_last=True,
                         num_workers=cfg.data.num_workers,
@@ -369,18 +402,58 @@ def train(cfg: TrainConfig) -> Path:
     if len(loader) == 0:
         raise ValueError(f"{cfg.data.train} has {len(dataset)} usable quadruplets, fewer than one batch "
                          f"({micro_batch}); lower data.batch_size")
+    return loader
 
-    # Frozen references T0(t), V0(v): computed once per model and dataset (exact), or per step.
-    cached_refs = None
-    if cfg.data.cache_references:
-        cache_dir = cfg.data.reference_cache_dir or str(run_dir / "reference_cache")
-        with accelerator.main_process_first():
-            cached_refs = load_or_compute_references(
-                text_base, vision_base, bundle.tokenizer, bundle.image_processor, train_records,
-                train_report.modalities, cache_dir, batch_size=cfg.run.eval_batch_size,
-                progress=cfg.run.progress and accelerator.is_local_main_process)
 
-    # 3. Optimizer over the LoRA parameters only (paper: Adam, lr 1e-3).
+def build_references(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, bundle: ClipBundle, text_base,
+                     vision_base, records: list, report: ReadReport) -> dict[str, torch.Tensor] | None:
+    """Frozen references T0(t), V0(v): computed once per model and dataset (exact), or None (per step)."""
+    if not cfg.data.cache_references:
+        return None
+    cache_dir = cfg.data.reference_cache_dir or str(run_dir / "reference_cache")
+    with accelerator.main_process_first():
+        return load_or_compute_references(
+            text_base, vision_base, bundle.tokenizer, bundle.image_processor, records,
+            report.modalities, cache_dir, batch_size=cfg.run.eval_batch_size,
+            progress=cfg.run.progress and accelerator.is_local_main_process)
+
+
+def write_run_files(run: Run) -> None:
+    """config.yaml and meta.json (main process), and the trackers' run if any."""
+    cfg, report, val_report = run.cfg, run.train_report, run.val_report
+    if run.accelerator.is_main_process:
+        run.run_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(run.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        write_json_atomic(run.run_dir / "meta.json", {
+            "seed": cfg.run.seed, "versions": versions(), "command": sys.argv, "processes": run.accelerator.num_processes,
+            "train_rows": report.rows, "train_skipped_rows": len(report.skipped),
+            "val_rows": val_report.rows if val_report else 0,
+            "val_skipped_rows": len(val_report.skipped) if val_report else 0,
+            "mode": describe_mode(report), "modalities": list(report.modalities),
+        })
+    if cfg.run.log_with:
+        run.accelerator.init_trackers("safeclip", config=config_to_dict(cfg))
+
+
+def setup(cfg: TrainConfig) -> Run:
+    """Validate, seed, load the model and data, build the optimizer, and resume or start the run folder."""
+    cfg.validate()
+    accelerator = make_accelerator(cfg)
+    run_dir = Path(cfg.run.out_dir)
+    check_run_folder(run_dir, cfg)
+    set_seed(cfg.run.seed)
+    bundle, text_base, vision_base = load_model(cfg)
+
+    train_records, train_report = read_split(cfg.data.train, cfg)
+    accelerator.print(train_report.summary())
+    accelerator.print("mode: " + describe_mode(train_report))
+    val_records, val_report = (read_split(cfg.data.val, cfg) if cfg.data.val else ([], None))
+    if val_report:
+        accelerator.print(val_report.summary())
+    loader = build_loader(cfg, bundle, train_records, train_report, accelerator.num_processes)
+    cached_refs = build_references(cfg, accelerator, run_dir, bundle, text_base, vision_base, train_records, train_report)
+
+    # Optimizer over the LoRA parameters only (paper: Adam, lr 1e-3).
     params = trainable_parameters(text_base, vision_base)
     optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     optimizer, loader = accelerator.prepare(optimizer, loader)
@@ -390,77 +463,121 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.run.compile:
         text_model, vision_model = torch.compile(text_model), torch.compile(vision_model)
 
-    # 4. Run folder, or resume.
-    state = TrainState()
+    run = Run(cfg=cfg, accelerator=accelerator, run_dir=run_dir, bundle=bundle, text_base=text_base,
+              vision_base=vision_base, text_model=text_model, vision_model=vision_model,
+              weight_dtype=dtype_of(cfg.model.dtype), params=params, optimizer=optimizer, loader=loader,
+              train_report=train_report, val_records=val_records, val_report=val_report, cached_refs=cached_refs)
     if cfg.run.resume:
-        state = load_checkpoint(run_dir, accelerator, text_base, vision_base, optimizer) or state
-        say(f"resumed from epoch {state.epoch}, step {state.step}" if state.step else "nothing to resume; starting")
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        write_json_atomic(run_dir / "meta.json", {
-            "seed": cfg.run.seed, "versions": versions(), "command": sys.argv, "processes": accelerator.num_processes,
-            "train_rows": train_report.rows, "train_skipped_rows": len(train_report.skipped),
-            "val_rows": val_report.rows if val_report else 0,
-            "val_skipped_rows": len(val_report.skipped) if val_report else 0,
-            "mode": describe_mode(train_report), "modalities": list(train_report.modalities),
-        })
-    if cfg.run.log_with:
-        accelerator.init_trackers("safeclip", config=config_to_dict(cfg))
+        run.state = load_checkpoint(run_dir, accelerator, text_base, vision_base, optimizer) or run.state
+        run.say(f"resumed from epoch {run.state.epoch}, step {run.state.step}" if run.state.step
+                else "nothing to resume; starting")
+    write_run_files(run)
+    return run
 
-    # 5. Epochs: train, validate, keep the best, checkpoint.
-    steps_this_process = 0
-    for epoch in range(state.epoch, cfg.optim.epochs):
-        if state.stopped_early or (cfg.optim.max_steps and state.step >= cfg.optim.max_steps):
+
+def epochs_to_run(run: Run):
+    """The epochs left: from the resumed one to optim.epochs, until early stopping or optim.max_steps."""
+    cfg = run.cfg
+    for epoch in range(run.state.epoch, cfg.optim.epochs):
+        if run.state.stopped_early or (cfg.optim.max_steps and run.state.step >= cfg.optim.max_steps):
+            return
+        yield epoch
+
+
+def optimizer_step(run: Run, batch: dict) -> dict[str, torch.Tensor]:
+    """One micro-batch: the four terms, backward, and (on the last micro-batch) clip + Adam step."""
+    accelerator, cfg = run.accelerator, run.cfg
+    with accelerator.accumulate(run.text_model, run.vision_model):
+        with accelerator.autocast():
+            terms = safe_clip_step_losses(run.text_model, run.vision_model, run.text_base, run.vision_base, batch,
+                                          cfg, run.weight_dtype, run.cached_refs)
+        accelerator.backward(backward_loss(terms, cfg))
+        if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(run.params, cfg.optim.max_grad_norm)
+        run.optimizer.step()
+        run.optimizer.zero_grad()
+    return terms
+
+
+def log_step(run: Run, epoch: int, logged: dict[str, float]) -> None:
+    cfg = run.cfg
+    if run.accelerator.is_main_process and (run.state.step % cfg.run.log_every == 0 or run.state.step == 1):
+        append_jsonl(run.run_dir / "train_log.jsonl", {"epoch": epoch, "step": run.state.step, **logged})
+        if cfg.run.log_with:
+            run.accelerator.log(logged, step=run.state.step)
+
+
+def train_one_epoch(run: Run, epoch: int, on_step: StepCallback | None = None) -> None:
+    """Every batch of ``epoch`` (or up to optim.max_steps); ``on_step(run, logged)`` after each optimizer step."""
+    cfg, accelerator = run.cfg, run.accelerator
+    run.loader.set_epoch(epoch)  # accelerate's loader passes it on to our sampler
+    run.text_model.train()
+    run.vision_model.train()
+    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+               disable=not (cfg.run.progress and accelerator.is_local_main_process))
+    for batch in bar:
+        terms = optimizer_step(run, batch)
+        if not accelerator.sync_gradients:
+            continue
+        run.state.step += 1
+        logged = logged_terms(terms, accelerator, cfg)
+        bar.set_postfix(loss=f"{logged['total']:.4f}")
+        log_step(run, epoch, logged)
+        if on_step is not None:
+            on_step(run, logged)
+        if cfg.optim.max_steps and run.state.step >= cfg.optim.max_steps:
             break
-        loader.set_epoch(epoch)  # accelerate's loader passes it on to our sampler
-        text_model.train()
-        vision_model.train()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", disable=not (cfg.run.progress and accelerator.is_local_main_process))
-        for batch in bar:
-            with accelerator.accumulate(text_model, vision_model):
-                with accelerator.autocast():
-                    terms = safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batch, cfg,
-                                                  weight_dtype, cached_refs)
-                accelerator.backward(backward_loss(terms, cfg))
-                if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, cfg.optim.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad()
-            if not accelerator.sync_gradients:
-                continue
-            state.step += 1
-            steps_this_process += 1
-            logged = logged_terms(terms, accelerator, cfg)
-            bar.set_postfix(loss=f"{logged['total']:.4f}")
-            if accelerator.is_main_process and (state.step % cfg.run.log_every == 0 or state.step == 1):
-                append_jsonl(run_dir / "train_log.jsonl", {"epoch": epoch, "step": state.step, **logged})
-                if cfg.run.log_with:
-                    accelerator.log(logged, step=state.step)
-            if cfg.run.stop_after_steps and steps_this_process >= cfg.run.stop_after_steps:
-                say(f"stopping after {steps_this_process} steps as asked (run.stop_after_steps); resume with run.resume=true")
-                sys.stdout.flush()
-                os._exit(INTERRUPTED_EXIT_CODE)
-            if cfg.optim.max_steps and state.step >= cfg.optim.max_steps:
-                break
-        state.epoch = epoch + 1
+    run.state.epoch = epoch + 1
 
-        score, metrics = (validate(text_base, vision_base, bundle, val_records, cfg) if val_records else (0.0, {}))
-        improved = score > state.best_score or not val_records
-        if improved:
-            state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
-        else:
-            state.bad_epochs += 1
-            state.stopped_early = bool(cfg.optim.patience) and state.bad_epochs >= cfg.optim.patience
-        if accelerator.is_main_process:
-            append_jsonl(run_dir / "val_log.jsonl", {"epoch": state.epoch, "step": state.step, "score": score,
+
+def validate_epoch(run: Run) -> tuple[float, dict]:
+    """The validation score (recall sum) and metrics of the current adapters; (0, {}) without a val split."""
+    if not run.val_records:
+        return 0.0, {}
+    return validate(run.text_base, run.vision_base, run.bundle, run.val_records, run.cfg)
+
+
+def keep_best(run: Run, score: float, metrics: dict) -> bool:
+    """Update the early-stopping state; save ``best/`` when the score improved (always without a val split)."""
+    state, cfg = run.state, run.cfg
+    improved = score > state.best_score or not run.val_records
+    if improved:
+        state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+    else:
+        state.bad_epochs += 1
+        state.stopped_early = bool(cfg.optim.patience) and state.bad_epochs >= cfg.optim.patience
+    if run.accelerator.is_main_process:
+        append_jsonl(run.run_dir / "val_log.jsonl", {"epoch": state.epoch, "step": state.step, "score": score,
                                                      "improved": improved, "metrics": metrics})
-            if improved:
-                save_best(run_dir, bundle, text_base, vision_base, metrics, state)
-            say(f"epoch {state.epoch}: val recall sum {score:.1f} (best {state.best_score:.1f} at epoch {state.best_epoch})")
-        save_checkpoint(run_dir, accelerator, text_base, vision_base, optimizer, state)
+        if improved:
+            save_best(run.run_dir, run.bundle, run.text_base, run.vision_base, metrics, state)
+        run.say(f"epoch {state.epoch}: val recall sum {score:.1f} (best {state.best_score:.1f} at epoch {state.best_epoch})")
+    return improved
 
-    if accelerator.is_main_process:
-        write_json_atomic(run_dir / "summary.json", {**dataclasses.asdict(state), "best_dir": str(run_dir / "best")})
-    accelerator.end_training()
-    return run_dir
+
+def end_epoch(run: Run) -> None:
+    """Validate, keep the best adapters, and checkpoint."""
+    score, metrics = validate_epoch(run)
+    keep_best(run, score, metrics)
+    save_checkpoint(run.run_dir, run.accelerator, run.text_base, run.vision_base, run.optimizer, run.state)
+
+
+def finish(run: Run) -> Path:
+    if run.accelerator.is_main_process:
+        write_json_atomic(run.run_dir / "summary.json", {**dataclasses.asdict(run.state),
+                                                         "best_dir": str(run.run_dir / "best")})
+    run.accelerator.end_training()
+    return run.run_dir
+
+
+def train(cfg: TrainConfig, on_step: StepCallback | None = None) -> Path:
+    """Fine-tune ``cfg.model.name`` with Safe-CLIP; returns the run folder.
+
+    ``on_step(run, logged_terms)`` is called after every optimizer step (progress reporting, tests that
+    stop a run at a chosen step).
+    """
+    run = setup(cfg)
+    for epoch in epochs_to_run(run):
+        train_one_epoch(run, epoch, on_step)
+        end_epoch(run)
+    return finish(run)

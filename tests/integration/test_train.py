@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -92,9 +93,17 @@ def test_refuses_to_overwrite_a_run_without_resume(tmp_path, tiny_clip_dir, data
         train(tiny_config(tmp_path, tiny_clip_dir, data, **{"optim.epochs": 1}))
 
 
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_module(module, *args, cwd):
+    """``python -m module args`` with this checkout's code (src/ and tests/) first on the path."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT)])}
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
 def run_cli(*args, cwd):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    return subprocess.run([sys.executable, "-m", "safeclip.cli", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return run_module("safeclip.cli", *args, cwd=cwd)
 
 
 def test_cli_kill_and_resume_matches_uninterrupted_run(tmp_path, tiny_clip_dir, data):
@@ -103,8 +112,8 @@ def test_cli_kill_and_resume_matches_uninterrupted_run(tmp_path, tiny_clip_dir, 
     full = run_cli("train", *common, f"run.out_dir={tmp_path / 'full'}", cwd=tmp_path)
     assert full.returncode == 0, full.stderr[-3000:]
     # interrupted in epoch 2 (4 steps per epoch): the epoch-1 checkpoint survives, the rest is redone
-    cut = run_cli("train", *common, f"run.out_dir={tmp_path / 'cut'}", "run.stop_after_steps=6", cwd=tmp_path)
-    assert cut.returncode == 75, cut.stderr[-3000:]
+    cut = run_module("tests.train_until", "6", *common, f"run.out_dir={tmp_path / 'cut'}", cwd=tmp_path)
+    assert cut.returncode == -signal.SIGKILL, cut.stderr[-3000:]
     assert (tmp_path / "cut" / "checkpoints" / "latest").read_text().strip() == "epoch-0001"
     resumed = run_cli("train", *common, f"run.out_dir={tmp_path / 'cut'}", "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -146,3 +155,18 @@ def test_gradient_checkpointing_computes_the_same_step(tmp_path, tiny_clip_dir, 
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
     for a, b in zip(grads[0][1], grads[1][1]):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_recipe_steps_run_alone(tmp_path, tiny_clip_dir, data):
+    """setup -> train_one_epoch -> keep_best -> finish, called one by one as train() calls them."""
+    from safeclip.train import finish, keep_best, setup, train_one_epoch
+
+    run = setup(tiny_config(tmp_path, tiny_clip_dir, data, **{"data.val": ""}))
+    seen = []
+    before = {k: v.clone() for k, v in lora_parameters(run.text_base).items()}
+    train_one_epoch(run, 0, on_step=lambda r, logged: seen.append((r.state.step, logged["total"])))
+    assert [step for step, _ in seen] == [1, 2] and run.state.epoch == 1  # 16 rows, batches of 8
+    assert all(not torch.equal(before[k], v) for k, v in lora_parameters(run.text_base).items())
+    assert keep_best(run, 0.0, {}) and (run.run_dir / "best" / "metrics.json").is_file()
+    assert not (run.run_dir / "checkpoints").exists()  # checkpointing is its own step
+    assert finish(run) == run.run_dir and json.loads((run.run_dir / "summary.json").read_text())["step"] == 2
