@@ -51,13 +51,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from safeclip.checkpoint import RunError
     from safeclip.config import ConfigError
     from safeclip.data.errors import DataError
     from safeclip.models.clip import ClipLoadError
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, ConfigError, DataError, ClipLoadError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except (UserError, ConfigError, RunError, DataError, ClipLoadError, FileNotFoundError, FileExistsError, ValueError) as err:
         if os.environ.get("SAFECLIP_DEBUG"):
             raise
         print(f"safeclip {args.command}: error: {err}", file=sys.stderr)

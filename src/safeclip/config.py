@@ -10,6 +10,7 @@ Every field carries ``metadata["help"]``; ``safeclip train --help`` prints them 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -99,6 +100,8 @@ class RunConfig:
     progress: bool = _f(True, "Show progress bars.")
     gradient_checkpointing: bool = _f(False, "Recompute activations in the backward pass (less memory for ViT-H/14 or large batches, ~30% slower).")
     compile: bool = _f(False, "torch.compile the encoders (GPU; pays off on long runs).")
+    checkpoint_every_steps: int = _f(0, "Also checkpoint every N optimizer steps inside an epoch, resumable exactly mid-epoch (0: only at epoch ends).")
+    keep_checkpoints: int = _f(1, "How many of the newest checkpoints to keep in <out_dir>/checkpoints.")
 
 
 @dataclass
@@ -131,12 +134,35 @@ class TrainConfig:
                                   self.loss.preservation_cosine, self.loss.preservation_contrastive)),
              "loss weights must be >= 0"),
         ]
+        checks = self.range_checks() + checks
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
         if not self.data.train:
             raise ConfigError("data.train is empty: give the training file, e.g. data.train=path/to/train.jsonl")
         return self
+
+
+    def range_checks(self) -> list[tuple[bool, str]]:
+        """Counts and rates that would fail (or silently mean something else) once training started."""
+        finite = [(f"{section}.{f.name}", getattr(getattr(self, section), f.name))
+                  for section in ("lora", "loss", "optim", "data") for f in dataclasses.fields(getattr(self, section))
+                  if isinstance(getattr(getattr(self, section), f.name), float)]
+        return [
+            *[(math.isfinite(value), f"{key} must be a finite number, got {value}") for key, value in finite],
+            (self.run.log_every >= 1, f"run.log_every must be >= 1 (log every N steps), got {self.run.log_every}"),
+            (self.optim.max_steps >= 0, f"optim.max_steps must be >= 0 (0: no limit), got {self.optim.max_steps}"),
+            (self.optim.patience >= 0, f"optim.patience must be >= 0 (0: never stop early), got {self.optim.patience}"),
+            (self.optim.weight_decay >= 0, "optim.weight_decay must be >= 0"),
+            (self.optim.max_grad_norm >= 0, "optim.max_grad_norm must be >= 0 (0: no clipping)"),
+            (self.lora.alpha > 0, "lora.alpha must be > 0"),
+            (self.data.num_workers >= 0, "data.num_workers must be >= 0"),
+            (self.data.max_rows >= 0, "data.max_rows must be >= 0 (0: all rows)"),
+            (self.data.image_cache_gb >= 0, "data.image_cache_gb must be >= 0"),
+            (self.run.eval_batch_size >= 1, "run.eval_batch_size must be >= 1"),
+            (self.run.checkpoint_every_steps >= 0, "run.checkpoint_every_steps must be >= 0 (0: epoch ends only)"),
+            (self.run.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+        ]
 
 
 def config_to_dict(cfg: Any) -> dict:
@@ -157,9 +183,12 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return value.lower() in {"true", "1", "yes", "on"}
         raise ConfigError(f"{key} must be true or false, got {value!r}")
     if annotation in (int, float):
+        if isinstance(value, bool) or (annotation is int and isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{key} must be a whole number, got {value!r}" if annotation is int
+                              else f"{key} must be a number, got {value!r}")
         try:
             number = annotation(value) if not isinstance(value, str) else annotation(float(value) if annotation is float else value)
-        except (TypeError, ValueError) as err:
+        except (TypeError, ValueError, OverflowError) as err:
             raise ConfigError(f"{key} must be a {annotation.__name__}, got {value!r}") from err
         return number
     if annotation is str:

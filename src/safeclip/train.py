@@ -16,35 +16,56 @@ optimizer, resume) returns a :class:`Run`; per epoch :func:`train_one_epoch` the
 
 Run folder::
 
-    config.yaml  meta.json  train_log.jsonl  val_log.jsonl  summary.json
-    checkpoints/latest -> epoch-NNNN/ (lora.safetensors, optimizer.pt, rng-<rank>.pt, state.json)
+    config.yaml  meta.json  history.jsonl  train_log.jsonl  val_log.jsonl  summary.json  .lock (while running)
+    checkpoints/latest -> epoch-NNNN/ or step-NNNNNNNN/ (lora.safetensors, optimizer.{safetensors,json},
+                          rng-<rank>.{safetensors,json}, state.json); the newest run.keep_checkpoints are kept
     best/ (text_adapter/, vision_adapter/, metrics.json)
+
+What a run folder guarantees (README, "Reliability promises"): loading it never unpickles; one writer
+at a time; a resume refuses settings it cannot honour and continues bit-exactly, also mid-epoch; the
+same config and seed give the same adapters; a non-finite loss or a full disk stops the run with the
+last checkpoint intact.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import platform
-import random
 import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as safetensors_bytes
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from safeclip.checkpoint import write_folder_atomic, write_json_atomic, write_text_atomic
-from safeclip.config import TrainConfig, config_to_dict
+from safeclip.checkpoint import (
+    RunError,
+    append_jsonl,
+    cut_jsonl,
+    load_state,
+    preserved_rng,
+    recover_folder_swaps,
+    reporting_full_disk,
+    restore_rng,
+    rng_state,
+    save_state,
+    write_bytes_atomic,
+    write_folder_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from safeclip.config import ConfigError, TrainConfig, config_to_dict
 from safeclip.data import (
     EpochShuffleSampler,
     QuadrupletCollator,
@@ -58,6 +79,7 @@ from safeclip.losses import LOSS_TERMS, safe_clip_objective
 from safeclip.models.clip import ClipBundle, encode_pixel_batch, encode_token_batch, load_clip
 from safeclip.models.lora import add_lora, adapters_disabled, lora_config, save_adapters
 from safeclip.refcache import load_or_compute_references
+from safeclip.run_folder import RunLock, record_start, resume_changes
 
 @dataclass
 class TrainState:
@@ -69,6 +91,7 @@ class TrainState:
     best_epoch: int = -1
     bad_epochs: int = 0
     stopped_early: bool = False
+    batches_in_epoch: int = 0  # micro-batches of epoch ``epoch`` already trained (a mid-epoch checkpoint)
 
 
 # ----------------------------------------------------------------------------- setup pieces
@@ -252,74 +275,94 @@ def load_lora_state(state: dict[str, torch.Tensor], *models: torch.nn.Module) ->
                     params[name].copy_(value)
 
 
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+def checkpoint_name(state: TrainState) -> str:
+    return f"step-{state.step:08d}" if state.batches_in_epoch else f"epoch-{state.epoch:04d}"
 
 
-def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def save_checkpoint(run_dir: Path, accelerator: Accelerator, text_base, vision_base, optimizer, state: TrainState,
+                    keep: int = 1) -> None:
+    """Write ``checkpoints/<name>`` atomically, point ``checkpoints/latest`` at it, keep the newest ``keep``.
 
-
-def save_checkpoint(run_dir: Path, accelerator: Accelerator, text_base, vision_base, optimizer, state: TrainState) -> None:
-    """Write ``checkpoints/epoch-N`` atomically, then point ``checkpoints/latest`` at it."""
-    name = f"epoch-{state.epoch:04d}"
+    Every file is safetensors or JSON (nothing that runs code when loaded); each process keeps its own RNG
+    stream. A full disk stops with :class:`DiskFullError` and the previous checkpoint intact.
+    """
+    check_finite_parameters(text_base, vision_base, state)
+    name = checkpoint_name(state)
     ckpt_root = run_dir / "checkpoints"
-    rng_file = ckpt_root / f".rng-{name}-{accelerator.process_index}.pt"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
-    torch.save(rng_state(), rng_file)  # every process keeps its own RNG stream
+    intact = "the previous checkpoint is intact (resume with run.resume=true)"
+    with reporting_full_disk(f"checkpoint {name}", ckpt_root, intact=intact):
+        save_state(rng_state(), ckpt_root, f".rng-{name}-{accelerator.process_index}")
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            def fill(tmp: Path) -> None:
+                write_bytes_atomic(tmp / "lora.safetensors", safetensors_bytes(lora_state(text_base, vision_base)))
+                save_state(optimizer.state_dict(), tmp, "optimizer")
+                for rank in range(accelerator.num_processes):
+                    for suffix in (".json", ".safetensors"):
+                        shutil.move(ckpt_root / f".rng-{name}-{rank}{suffix}", tmp / f"rng-{rank}{suffix}")
+                write_json_atomic(tmp / "state.json", dataclasses.asdict(state))
+
+            write_folder_atomic(ckpt_root / name, fill)
+            write_text_atomic(ckpt_root / "latest", name + "\n")
+            prune_checkpoints(ckpt_root, keep)
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        def fill(tmp: Path) -> None:
-            save_file(lora_state(text_base, vision_base), tmp / "lora.safetensors")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-            for rank in range(accelerator.num_processes):
-                shutil.move(ckpt_root / f".rng-{name}-{rank}.pt", tmp / f"rng-{rank}.pt")
-            write_json_atomic(tmp / "state.json", dataclasses.asdict(state))
-
-        write_folder_atomic(ckpt_root / name, fill)
-        write_text_atomic(ckpt_root / "latest", name + "\n")
-        for old in ckpt_root.glob("epoch-*"):
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
 
 
-def load_checkpoint(run_dir: Path, accelerator: Accelerator, text_base, vision_base, optimizer) -> TrainState | None:
+def prune_checkpoints(ckpt_root: Path, keep: int) -> None:
+    """Remove all but the ``keep`` newest checkpoints (by optimizer step; the one ``latest`` names always stays)."""
+    latest = (ckpt_root / "latest").read_text().strip()
+
+    def step_of(folder: Path) -> int:
+        try:
+            return json.loads((folder / "state.json").read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            return -1
+
+    folders = sorted((p for p in ckpt_root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                     key=lambda p: (step_of(p), p.name.startswith("epoch-")))
+    for old in folders[:-keep] if keep else folders:
+        if old.name != latest:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(run_dir: Path, accelerator: Accelerator, text_base, vision_base,
+                    optimizer) -> tuple[TrainState, dict] | None:
+    """Weights and optimizer state from ``checkpoints/latest``; returns its TrainState and this process's RNG state.
+
+    Reads only safetensors and JSON: a pickled file in the folder is refused, never loaded.
+    """
     pointer = run_dir / "checkpoints" / "latest"
     if not pointer.is_file():
         return None
     ckpt = run_dir / "checkpoints" / pointer.read_text().strip()
     load_lora_state(load_file(ckpt / "lora.safetensors"), text_base, vision_base)
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False))
-    rng_files = sorted(ckpt.glob("rng-*.pt"))
-    rng_file = ckpt / f"rng-{accelerator.process_index}.pt"
-    if rng_file.is_file():
-        restore_rng(torch.load(rng_file, weights_only=False))
-    elif rng_files:  # resumed on a different number of processes: continue from rank 0's stream
-        restore_rng(torch.load(rng_files[0], weights_only=False))
-    return TrainState(**json.loads((ckpt / "state.json").read_text()))
+    optimizer.load_state_dict(load_state(ckpt, "optimizer"))
+    rank_file = ckpt / f"rng-{accelerator.process_index}.json"
+    # resumed on a different number of processes: continue from rank 0's stream
+    rng = load_state(ckpt, rank_file.stem if rank_file.is_file() else "rng-0")
+    return TrainState(**json.loads((ckpt / "state.json").read_text())), rng
+
+
+def check_finite_parameters(text_base, vision_base, state: TrainState) -> None:
+    """Refuse to save adapters that hold inf or NaN (the last good checkpoint then stays the latest)."""
+    bad = [name for name, value in lora_state(text_base, vision_base).items() if not torch.isfinite(value).all()]
+    if bad:
+        raise RunError(f"the adapters hold non-finite values after step {state.step} ({bad[0]} and {len(bad) - 1} "
+                       "more); nothing was saved. Lower optim.lr or set optim.max_grad_norm, and resume from the last "
+                       "checkpoint with run.resume=true")
 
 
 def save_best(run_dir: Path, bundle: ClipBundle, text_base, vision_base, metrics: dict, state: TrainState) -> None:
     """The best adapters so far (toggle safety on any copy of the base model) plus their metrics."""
+    check_finite_parameters(text_base, vision_base, state)
+
     def fill(tmp: Path) -> None:
         save_adapters(dataclasses.replace(bundle, text=text_base, vision=vision_base), tmp)
         write_json_atomic(tmp / "metrics.json", {"epoch": state.epoch, "score": state.best_score, "metrics": metrics,
                                                  "base_model": bundle.name})
 
-    write_folder_atomic(run_dir / "best", fill)
-
-
-def append_jsonl(path: Path, row: dict) -> None:
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write(json.dumps(row) + "\n")
+    with reporting_full_disk("the best adapters", run_dir / "best", intact="the previous best/ is intact"):
+        write_folder_atomic(run_dir / "best", fill)
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -348,6 +391,7 @@ class Run:
     val_report: ReadReport | None
     cached_refs: dict[str, torch.Tensor] | None
     state: TrainState = dataclasses.field(default_factory=TrainState)
+    resumed_rng: dict | None = None  # a mid-epoch checkpoint's RNG, restored once its epoch's batches are drawn
 
     def say(self, message: str) -> None:
         self.accelerator.print(message)
@@ -366,10 +410,35 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     )
 
 
-def check_run_folder(run_dir: Path, cfg: TrainConfig) -> None:
-    if run_dir.joinpath("checkpoints", "latest").exists() and not cfg.run.resume:
+def check_run_folder(run_dir: Path, cfg: TrainConfig) -> dict:
+    """Before any work: refuse to overwrite a run, or to resume one with settings it cannot honour.
+
+    Returns the settings a resume changes (``{key: [old, new]}``), recorded in ``history.jsonl``.
+    """
+    has_checkpoint = run_dir.joinpath("checkpoints", "latest").exists()
+    if has_checkpoint and not cfg.run.resume:
         raise FileExistsError(f"{run_dir} already holds a run; pass run.resume=true to continue it "
                               "or choose another run.out_dir")
+    if not (has_checkpoint and (run_dir / "config.yaml").is_file()):
+        return {}
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{run_dir / 'config.yaml'} is not valid YAML ({err}); cannot check the resumed settings") from err
+    return resume_changes(saved, config_to_dict(cfg))
+
+
+def prepare_run_folder(run_dir: Path, accelerator: Accelerator) -> list[str]:
+    """Finish or roll back folder replacements a kill cut short (best/, checkpoints); main process."""
+    if not accelerator.is_main_process:
+        return []
+    return recover_folder_swaps(run_dir) + recover_folder_swaps(run_dir / "checkpoints")
+
+
+def cut_logs(run_dir: Path, step: int) -> int:
+    """Drop log rows after the checkpoint being resumed (a fresh start: all), so no step appears twice."""
+    return sum(cut_jsonl(run_dir / name, lambda row: row.get("step", 0) <= step)
+               for name in ("train_log.jsonl", "val_log.jsonl"))
 
 
 def load_model(cfg: TrainConfig) -> tuple[ClipBundle, torch.nn.Module, torch.nn.Module]:
@@ -411,36 +480,56 @@ def build_references(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, 
     if not cfg.data.cache_references:
         return None
     cache_dir = cfg.data.reference_cache_dir or str(run_dir / "reference_cache")
-    with accelerator.main_process_first():
+    # computing the cache iterates a DataLoader, which draws from the global generators; reading it does not:
+    # without the fork the same seed would train differently depending on whether the cache existed
+    with accelerator.main_process_first(), preserved_rng():
         return load_or_compute_references(
             text_base, vision_base, bundle.tokenizer, bundle.image_processor, records,
             report.modalities, cache_dir, batch_size=cfg.run.eval_batch_size,
             progress=cfg.run.progress and accelerator.is_local_main_process)
 
 
-def write_run_files(run: Run) -> None:
-    """config.yaml and meta.json (main process), and the trackers' run if any."""
-    cfg, report, val_report = run.cfg, run.train_report, run.val_report
+def write_run_files(run: Run, changes: dict) -> None:
+    """Logs cut back to the resumed step, history.jsonl, config.yaml and meta.json (main process); trackers."""
     if run.accelerator.is_main_process:
-        run.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-        write_json_atomic(run.run_dir / "meta.json", {
-            "seed": cfg.run.seed, "versions": versions(), "command": sys.argv, "processes": run.accelerator.num_processes,
-            "train_rows": report.rows, "train_skipped_rows": len(report.skipped),
-            "val_rows": val_report.rows if val_report else 0,
-            "val_skipped_rows": len(val_report.skipped) if val_report else 0,
-            "mode": describe_mode(report), "modalities": list(report.modalities),
-        })
-    if cfg.run.log_with:
-        run.accelerator.init_trackers("safeclip", config=config_to_dict(cfg))
+        with reporting_full_disk("the run's config and logs", run.run_dir):
+            write_run_records(run, changes)
+    if run.cfg.run.log_with:
+        run.accelerator.init_trackers("safeclip", config=config_to_dict(run.cfg))
 
 
-def setup(cfg: TrainConfig) -> Run:
-    """Validate, seed, load the model and data, build the optimizer, and resume or start the run folder."""
+def write_run_records(run: Run, changes: dict) -> None:
+    cfg, report, val_report = run.cfg, run.train_report, run.val_report
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    dropped = cut_logs(run.run_dir, run.state.step)
+    if dropped:
+        run.say(f"dropped {dropped} log rows written after step {run.state.step} (the resumed checkpoint)")
+    record_start(run.run_dir, step=run.state.step, resumed=run.state.step > 0, changes=changes)
+    write_text_atomic(run.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    write_json_atomic(run.run_dir / "meta.json", {
+        "seed": cfg.run.seed, "versions": versions(), "command": sys.argv, "processes": run.accelerator.num_processes,
+        "train_rows": report.rows, "train_skipped_rows": len(report.skipped),
+        "val_rows": val_report.rows if val_report else 0,
+        "val_skipped_rows": len(val_report.skipped) if val_report else 0,
+        "mode": describe_mode(report), "modalities": list(report.modalities),
+    })
+
+
+def setup(cfg: TrainConfig, lock: RunLock | None = None) -> Run:
+    """Validate, seed, load the model and data, build the optimizer, and resume or start the run folder.
+
+    ``lock`` (taken by :func:`train` on the main process) is acquired here, before anything is written.
+    """
     cfg.validate()
-    accelerator = make_accelerator(cfg)
     run_dir = Path(cfg.run.out_dir)
-    check_run_folder(run_dir, cfg)
+    changes = check_run_folder(run_dir, cfg)
+    accelerator = make_accelerator(cfg)
+    if lock is not None and accelerator.is_main_process:
+        lock.acquire()
+        if lock.note:
+            accelerator.print(lock.note)
+    for done in prepare_run_folder(run_dir, accelerator):
+        accelerator.print(done)
     set_seed(cfg.run.seed)
     bundle, text_base, vision_base = load_model(cfg)
 
@@ -468,11 +557,25 @@ def setup(cfg: TrainConfig) -> Run:
               weight_dtype=dtype_of(cfg.model.dtype), params=params, optimizer=optimizer, loader=loader,
               train_report=train_report, val_records=val_records, val_report=val_report, cached_refs=cached_refs)
     if cfg.run.resume:
-        run.state = load_checkpoint(run_dir, accelerator, text_base, vision_base, optimizer) or run.state
-        run.say(f"resumed from epoch {run.state.epoch}, step {run.state.step}" if run.state.step
-                else "nothing to resume; starting")
-    write_run_files(run)
+        resume(run)
+    write_run_files(run, changes)
     return run
+
+
+def resume(run: Run) -> None:
+    """Load the latest checkpoint into the run; its RNG is restored now (epoch end) or once its epoch's batches
+    are drawn (mid-epoch, so that the draw the loader makes at the epoch's start is not made twice)."""
+    loaded = load_checkpoint(run.run_dir, run.accelerator, run.text_base, run.vision_base, run.optimizer)
+    if loaded is None:
+        run.say("nothing to resume; starting")
+        return
+    run.state, rng = loaded
+    if run.state.batches_in_epoch:
+        run.resumed_rng = rng
+    else:
+        restore_rng(rng)
+    where = f", {run.state.batches_in_epoch} batches into epoch {run.state.epoch + 1}" if run.state.batches_in_epoch else ""
+    run.say(f"resumed from epoch {run.state.epoch}, step {run.state.step}{where}")
 
 
 def epochs_to_run(run: Run):
@@ -484,6 +587,17 @@ def epochs_to_run(run: Run):
         yield epoch
 
 
+def check_finite_loss(run: Run, terms: dict[str, torch.Tensor]) -> None:
+    """Stop before a non-finite loss reaches the weights; the last checkpoint on disk stays the latest."""
+    if not torch.isfinite(terms["total"].detach()).item():
+        bad = [name for name, value in terms.items() if not torch.isfinite(value.detach()).item()]
+        latest = run.run_dir / "checkpoints" / "latest"
+        last = latest.read_text().strip() if latest.is_file() else "none yet"
+        raise RunError(f"the loss is {terms['total'].item()} at step {run.state.step + 1} (epoch {run.state.epoch + 1}; "
+                       f"non-finite terms: {', '.join(bad)}); training stopped. The last good checkpoint ({last}) is "
+                       "intact: lower optim.lr or set optim.max_grad_norm, then start again")
+
+
 def optimizer_step(run: Run, batch: dict) -> dict[str, torch.Tensor]:
     """One micro-batch: the four terms, backward, and (on the last micro-batch) clip + Adam step."""
     accelerator, cfg = run.accelerator, run.cfg
@@ -491,6 +605,7 @@ def optimizer_step(run: Run, batch: dict) -> dict[str, torch.Tensor]:
         with accelerator.autocast():
             terms = safe_clip_step_losses(run.text_model, run.vision_model, run.text_base, run.vision_base, batch,
                                           cfg, run.weight_dtype, run.cached_refs)
+        check_finite_loss(run, terms)
         accelerator.backward(backward_loss(terms, cfg))
         if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
             accelerator.clip_grad_norm_(run.params, cfg.optim.max_grad_norm)
@@ -507,27 +622,50 @@ def log_step(run: Run, epoch: int, logged: dict[str, float]) -> None:
             run.accelerator.log(logged, step=run.state.step)
 
 
-def train_one_epoch(run: Run, epoch: int, on_step: StepCallback | None = None) -> None:
-    """Every batch of ``epoch`` (or up to optim.max_steps); ``on_step(run, logged)`` after each optimizer step."""
-    cfg, accelerator = run.cfg, run.accelerator
+def epoch_batches(run: Run, epoch: int):
+    """The epoch's batches, from where a mid-epoch checkpoint left off; then its RNG is put back."""
     run.loader.set_epoch(epoch)  # accelerate's loader passes it on to our sampler
+    done = run.state.batches_in_epoch
+    loader = run.accelerator.skip_first_batches(run.loader, done) if done else run.loader
+    batches = iter(loader)
+    if run.resumed_rng is not None:
+        # a loader draws its base seed from the global generator when it starts (at the first batch), as the
+        # checkpointed run did at the epoch's start: start it, then put the checkpoint's RNG back
+        batches = itertools.chain([next(batches)], batches)
+        restore_rng(run.resumed_rng)
+        run.resumed_rng = None
+    return batches, len(run.loader) - done
+
+
+def train_one_epoch(run: Run, epoch: int, on_step: StepCallback | None = None) -> None:
+    """Every batch of ``epoch`` (or up to optim.max_steps); ``on_step(run, logged)`` after each optimizer step.
+
+    With ``run.checkpoint_every_steps`` a checkpoint is written every N steps inside the epoch.
+    """
+    cfg, accelerator, state = run.cfg, run.accelerator, run.state
     run.text_model.train()
     run.vision_model.train()
-    bar = tqdm(run.loader, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
+    batches, left = epoch_batches(run, epoch)
+    bar = tqdm(batches, total=left, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}",
                disable=not (cfg.run.progress and accelerator.is_local_main_process))
     for batch in bar:
         terms = optimizer_step(run, batch)
+        state.batches_in_epoch += 1
         if not accelerator.sync_gradients:
             continue
-        run.state.step += 1
+        state.step += 1
         logged = logged_terms(terms, accelerator, cfg)
         bar.set_postfix(loss=f"{logged['total']:.4f}")
         log_step(run, epoch, logged)
+        if (cfg.run.checkpoint_every_steps and state.step % cfg.run.checkpoint_every_steps == 0
+                and state.batches_in_epoch < len(run.loader)):  # the epoch's end checkpoints anyway
+            save_checkpoint(run.run_dir, accelerator, run.text_base, run.vision_base, run.optimizer, state,
+                            cfg.run.keep_checkpoints)
         if on_step is not None:
             on_step(run, logged)
-        if cfg.optim.max_steps and run.state.step >= cfg.optim.max_steps:
+        if cfg.optim.max_steps and state.step >= cfg.optim.max_steps:
             break
-    run.state.epoch = epoch + 1
+    state.epoch, state.batches_in_epoch = epoch + 1, 0
 
 
 def validate_epoch(run: Run) -> tuple[float, dict]:
@@ -559,7 +697,8 @@ def end_epoch(run: Run) -> None:
     """Validate, keep the best adapters, and checkpoint."""
     score, metrics = validate_epoch(run)
     keep_best(run, score, metrics)
-    save_checkpoint(run.run_dir, run.accelerator, run.text_base, run.vision_base, run.optimizer, run.state)
+    save_checkpoint(run.run_dir, run.accelerator, run.text_base, run.vision_base, run.optimizer, run.state,
+                    run.cfg.run.keep_checkpoints)
 
 
 def finish(run: Run) -> Path:
@@ -576,8 +715,12 @@ def train(cfg: TrainConfig, on_step: StepCallback | None = None) -> Path:
     ``on_step(run, logged_terms)`` is called after every optimizer step (progress reporting, tests that
     stop a run at a chosen step).
     """
-    run = setup(cfg)
-    for epoch in epochs_to_run(run):
-        train_one_epoch(run, epoch, on_step)
-        end_epoch(run)
-    return finish(run)
+    lock = RunLock(cfg.run.out_dir)  # held from setup() to the end, also when training fails
+    try:
+        run = setup(cfg, lock)
+        for epoch in epochs_to_run(run):
+            train_one_epoch(run, epoch, on_step)
+            end_epoch(run)
+        return finish(run)
+    finally:
+        lock.release()

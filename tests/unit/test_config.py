@@ -57,3 +57,21 @@ def test_cli_help_lists_config_keys(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["train", "--help"])
     assert "loss.redirection_contrastive" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("override,message", [
+    ("run.log_every=0", "run.log_every must be >= 1"),
+    ("optim.max_steps=-5", "optim.max_steps must be >= 0"),
+    ("data.batch_size=8.9", "data.batch_size must be a whole number, got 8.9"),
+    ("optim.lr=inf", "optim.lr must be a finite number, got inf"),
+    ("optim.lr=.nan", "optim.lr must be a finite number, got nan"),
+    ("loss.redirection_cosine=-.inf", "loss.redirection_cosine must be a finite number"),
+    ("run.keep_checkpoints=0", "run.keep_checkpoints must be >= 1"),
+])
+def test_settings_that_would_fail_or_mislead_later_are_refused_before_any_work(tmp_path, override, message):
+    from safeclip.train import train
+
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match=message):
+        train(load_config(None, ["data.train=t.jsonl", f"run.out_dir={out}", override]))
+    assert not out.exists()
