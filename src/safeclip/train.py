@@ -508,6 +508,7 @@ def write_run_records(run: Run, changes: dict) -> None:
     write_text_atomic(run.run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     write_json_atomic(run.run_dir / "meta.json", {
         "seed": cfg.run.seed, "versions": versions(), "command": sys.argv, "processes": run.accelerator.num_processes,
+        "model_path": str(Path(cfg.model.name).resolve()) if Path(cfg.model.name).exists() else cfg.model.name,
         "train_rows": report.rows, "train_skipped_rows": len(report.skipped),
         "val_rows": val_report.rows if val_report else 0,
         "val_skipped_rows": len(val_report.skipped) if val_report else 0,

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from safeclip.cli import main
 from tests.fixtures import write_quadruplets
 
@@ -75,3 +77,48 @@ def test_eval_safer_t2v_names_unfetched_images(tmp_path, tiny_clip_dir, capsys):
                  "--model", str(tiny_clip_dir), "--out", str(tmp_path / "res")])
     err = capsys.readouterr().err
     assert code == 2 and "elsewhere" in err and "does not exist" in err
+
+
+def test_a_run_trained_on_a_relative_model_path_evaluates_from_anywhere_and_n_is_recorded(tmp_path, tiny_clip_dir,
+                                                                                          monkeypatch, capsys):
+    import shutil
+
+    shutil.copytree(tiny_clip_dir, tmp_path / "base")
+    data = write_quadruplets(tmp_path / "d", 12)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "model.name=base", f"data.train={data}", "data.batch_size=4", "optim.epochs=1", "lora.r=2",
+                 "run.out_dir=run", "run.progress=false"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # 'base' means nothing here
+    capsys.readouterr()
+    assert main(["eval", "retrieval", "--data", str(data), "--model", f"safe-clip={tmp_path / 'run'}",
+                 "--out", str(tmp_path / "res")]) == 0
+    assert json.loads((tmp_path / "res" / "results.json").read_text())["rows"] == 12
+    assert "warning: only 12 test rows" in capsys.readouterr().err
+
+
+def test_adapter_labels_must_name_a_model_and_model_labels_are_unique(tmp_path, tiny_clip_dir, capsys):
+    data = write_quadruplets(tmp_path / "d", 4)
+    common = ["eval", "retrieval", "--data", str(data), "--out", str(tmp_path / "res")]
+    assert main([*common, "--model", f"base={tiny_clip_dir}", "--adapters", f"safe={tmp_path}"]) == 2
+    assert "--adapters label(s) safe match no --model (labels: base)" in capsys.readouterr().err
+    assert main([*common, "--model", f"a={tiny_clip_dir}", "--model", f"a={tiny_clip_dir}"]) == 2
+    assert "--model label(s) a given more than once" in capsys.readouterr().err
+    assert not (tmp_path / "res").exists()
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_named(tmp_path, tiny_clip_dir):
+    import shutil
+
+    from transformers import CLIPTokenizer
+
+    from safeclip.models.clip import ClipLoadError, load_clip
+
+    folder = tmp_path / "clip"
+    shutil.copytree(tiny_clip_dir, folder)
+    tokenizer = CLIPTokenizer.from_pretrained(folder)
+    size = len(tokenizer)
+    tokenizer.add_tokens([f"extra{i}" for i in range(20)])  # tokenizer files of another model
+    tokenizer.save_pretrained(folder)
+    with pytest.raises(ClipLoadError, match=f"has {size + 20} tokens but the text encoder embeds only {size}"):
+        load_clip(folder)

@@ -90,3 +90,66 @@ def test_collator_shares_padding_between_safe_and_unsafe(tmp_path, tiny_clip):
     assert batch["safe_input_ids"].shape == batch["unsafe_input_ids"].shape
     assert batch["safe_pixels"].shape == (4, 3, 32, 32)
     assert batch["unsafe_attention_mask"].sum() > batch["safe_attention_mask"].sum()
+
+
+def test_a_jpeg_cut_mid_stream_is_caught_by_the_image_check(tmp_path):
+    """Image.verify() passes a truncated JPEG; the check decodes fully, so --skip-bad-rows skips it up front."""
+    path = write_quadruplets(tmp_path, 4)
+    from PIL import Image
+
+    jpeg = tmp_path / "images" / "cut.jpg"
+    Image.effect_noise((64, 64), 80).convert("RGB").save(jpeg, quality=95)
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[2]["safe_image"] = "images/cut.jpg"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, report = read_quadruplets(path, skip_bad_rows=True)
+    assert [row for row, _ in report.skipped] == [3] and "cut.jpg is corrupt" in report.skipped[0][1]
+
+
+def test_modalities_are_decided_from_all_rows(tmp_path):
+    """A first row without its unsafe image no longer switches the whole set to text-only mode."""
+    path = write_quadruplets(tmp_path, 4)
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    del rows[0]["unsafe_image"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match=r"row 1 \(id 0\): unsafe_image is empty"):
+        read_quadruplets(path)
+    records, report = read_quadruplets(path, skip_bad_rows=True)
+    assert "unsafe_image" in report.modalities and report.rows == 3 and report.skipped[0][0] == 1
+    for row in rows[1:3]:
+        del row["unsafe_image"]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))  # only the last row has one: not silently dropped
+    with pytest.raises(DataError, match="only some rows have unsafe_image in 1 of 4 rows"):
+        read_quadruplets(path)
+
+
+def test_duplicate_keys_in_visu_json_are_refused(tmp_path):
+    row = '{"coco_id": 1, "safe": "a dog", "nsfw": "a dog biting", "nsfw_im_path": "x.png", "tag": "violence"}'
+    path = tmp_path / "visu.json"
+    path.write_text('{"data": {"0": ' + row + ', "1": ' + row + ', "0": ' + row + '}}')
+    with pytest.raises(DataError, match=r"visu.json: key '0' appears twice"):
+        read_quadruplets(path)
+
+
+def test_non_utf8_bytes_and_non_numeric_coco_ids_name_file_and_row(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(b'{"safe_text": "a cat", "unsafe_text": "x"}\n{"safe_text": "a \xff cat", "unsafe_text": "y"}\n')
+    with pytest.raises(DataError, match=r"t.jsonl line 2 \(byte offset \d+\): byte 0xff is not UTF-8"):
+        read_quadruplets(path)
+    visu = tmp_path / "visu.json"
+    visu.write_text(json.dumps({"0": {"coco_id": 5, "safe": "a", "nsfw": "b", "nsfw_im_path": "x.png", "tag": "t"},
+                                "1": {"coco_id": "12a", "safe": "a", "nsfw": "b", "nsfw_im_path": "x.png", "tag": "t"}}))
+    with pytest.raises(DataError, match=r"visu.json row 2: coco_id '12a' is not a number"):
+        read_quadruplets(visu, fmt="visu")
+
+
+def test_captions_are_capped_before_tokenising_and_the_cut_is_reported(tmp_path):
+    from safeclip.data.quadruplets import MAX_TEXT_CHARS
+
+    path = tmp_path / "t.jsonl"
+    path.write_text(json.dumps({"safe_text": "a red circle " * 100_000, "unsafe_text": "a red circle with blood"}) + "\n"
+                    + json.dumps({"safe_text": "a blue square", "unsafe_text": "a blue square with blood"}) + "\n")
+    records, report = read_quadruplets(path)
+    assert len(records[0].safe_text) == MAX_TEXT_CHARS and records[1].safe_text == "a blue square"
+    assert "1 captions longer than 4096 characters cut" in report.summary()

@@ -63,7 +63,7 @@ def test_results_write_the_documented_files(tiny_clip_dir, records, tmp_path):
     results.update(evaluate({"b|c": bundle}, records[:6]))
     assert list(results.models) == ["a", "b|c"] and set(results.embeddings) == {"a"}
     json_path, md_path = results.write(tmp_path, stem="res")
-    assert json.loads(json_path.read_text()) == {"protocol": "safe-clip", "models": results.models}
+    assert json.loads(json_path.read_text()) == {"protocol": "safe-clip", "rows": 6, "models": results.models}
     assert md_path.read_text() == format_markdown_table(results.models, "safe-clip")
     assert "| b\\|c |" in md_path.read_text()
     several = EvalResults(("safe-clip", "safer-t2v"), {"m": {"T->V": {"R@1": 50.0}, "safer_t2v": {"R@1": 25.0}}})

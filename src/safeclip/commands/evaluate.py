@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import importlib.util
 from pathlib import Path
 
@@ -109,18 +110,43 @@ def split_label(spec: str) -> tuple[str, str]:
     return spec, spec
 
 
+def check_labels(specs: list[str], adapters: dict | None) -> None:
+    """Each ``--model`` label once; each ``--adapters`` label names a ``--model``."""
+    from safeclip.cli import UserError
+
+    labels = [split_label(spec)[0] for spec in specs]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise UserError(f"--model label(s) {', '.join(twice)} given more than once (one row would overwrite the "
+                        "other); give each model its own LABEL=MODEL")
+    unknown = sorted(set(adapters or {}) - set(labels))
+    if unknown:
+        raise UserError(f"--adapters label(s) {', '.join(unknown)} match no --model (labels: {', '.join(labels)}); "
+                        "write --adapters LABEL=DIR with the LABEL of a --model")
+
+
 def evaluate_specs(args: argparse.Namespace, records, protocol: str, adapters: dict | None = None):
     """:func:`safeclip.eval.evaluate` of each ``--model`` in turn (one model in memory at a time)."""
     from safeclip.eval.evaluation import EvalResults, evaluate
     from safeclip.models.resolve import resolve_model
 
-    results = EvalResults((protocol,))
+    check_labels(args.model, adapters)
+    results = EvalResults((protocol,), rows=len(records))
     for spec in args.model:
         label, model = split_label(spec)
         bundle = resolve_model(model, adapters=(adapters or {}).get(label))
         results.update(evaluate({label: bundle}, records, protocols=(protocol,), batch_size=args.batch_size,
                                 progress=True))
     return results
+
+
+def warn_if_few_rows(rows: int) -> None:
+    from safeclip.eval.evaluation import MIN_RELIABLE_ROWS
+
+    if rows < MIN_RELIABLE_ROWS:
+        print(f"warning: only {rows} test rows: each recall moves in steps of {100 / rows:.3g} points, so these "
+              f"numbers say little (use at least {MIN_RELIABLE_ROWS} rows); N is recorded in the results",
+              file=sys.stderr)
 
 
 def run_retrieval(args: argparse.Namespace) -> int:
@@ -133,6 +159,7 @@ def run_retrieval(args: argparse.Namespace) -> int:
     print(report.summary())
     require_modalities(("safe-clip",), report.modalities, str(args.data))
     results = evaluate_specs(args, records, "safe-clip", dict(split_label(a) for a in args.adapters))
+    warn_if_few_rows(len(records))
     json_path, md_path = results.write(Path(args.out))
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")

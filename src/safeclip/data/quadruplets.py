@@ -24,9 +24,10 @@ column; ``skip_bad_rows`` skips and counts instead of failing. Nothing is droppe
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
@@ -35,6 +36,9 @@ from safeclip.data.errors import DataError
 
 MODALITIES = ("safe_text", "unsafe_text", "safe_image", "unsafe_image")
 COCO_SPLITS = ("train2017", "val2017", "test2017")
+# CLIP reads at most 77 tokens; longer captions are cut to this many characters before tokenising, so a
+# pathological caption cannot take gigabytes in the tokenizer (the count of cut captions is reported).
+MAX_TEXT_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,7 @@ class ReadReport:
     rows: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
     modalities: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)  # what was decided about the data as a whole
 
     @property
     def text_only(self) -> bool:
@@ -70,7 +75,7 @@ class ReadReport:
             parts.append(f"{len(self.skipped)} bad rows skipped (first: row {self.skipped[0][0]}: {self.skipped[0][1]})")
         if self.missing():
             parts.append("missing " + ", ".join(self.missing()) + " -> the loss terms that need them are off")
-        return "; ".join(parts)
+        return "; ".join(parts + self.notes)
 
 
 def _is_nsfwcaps(columns) -> bool:
@@ -79,7 +84,7 @@ def _is_nsfwcaps(columns) -> bool:
 
 def detect_format(path: Path) -> str:
     if path.suffix.lower() == ".csv":
-        header = next(csv.reader(path.open(newline="", encoding="utf-8")), [])
+        header = next(csv.reader(io.StringIO(read_text(path), newline="")), [])
         if _is_nsfwcaps(header):
             return "nsfwcaps"
         return "visu-text" if "nsfw" in header and "safe_text" not in header else "table"
@@ -98,17 +103,44 @@ def detect_format(path: Path) -> str:
     return "visu-text" if data and "nsfw" in data[0] and "safe_text" not in data[0] else "table"
 
 
+def read_text(path: Path) -> str:
+    """The file as UTF-8 text; a byte that is not UTF-8 is named with its line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise DataError(f"{path} line {line} (byte offset {err.start}): byte 0x{data[err.start]:02x} is not UTF-8 text; "
+                        "save the file as UTF-8") from err
+
+
+def unique_keys(where: str):
+    """A ``json`` object hook that refuses a key given twice in one object (the parser would keep the last)."""
+    def hook(pairs: list[tuple[str, object]]) -> dict:
+        seen: dict = {}
+        for key, value in pairs:
+            if key in seen:
+                raise DataError(f"{where}: key {key!r} appears twice in one JSON object; one of the rows would be lost. "
+                                "Give every row its own key")
+            seen[key] = value
+        return seen
+    return hook
+
+
+def parse_json(text: str, where: str):
+    return json.loads(text, object_pairs_hook=unique_keys(where))
+
+
 def _first_jsonl_row(path: Path) -> dict:
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if line.strip():
-                return json.loads(line)
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        if line.strip():
+            return parse_json(line, f"{path} line {lineno}")
     return {}
 
 
 def _load_json(path: Path):
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return parse_json(read_text(path), str(path))
     except json.JSONDecodeError as err:
         raise DataError(f"{path} is not valid JSON ({err}); expected ViSU JSON or a JSON list of rows") from err
 
@@ -117,18 +149,16 @@ def read_rows(path: Path) -> list[dict]:
     """Rows of a JSONL, CSV, JSON list or JSON object-of-rows file, in order."""
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as fh:
-            return [dict(r) for r in csv.DictReader(fh)]
+        return [dict(r) for r in csv.DictReader(io.StringIO(read_text(path), newline=""))]
     if suffix == ".jsonl":
         rows = []
-        with path.open(encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise DataError(f"{path} line {lineno} is not valid JSON ({err})") from err
+        for lineno, line in enumerate(read_text(path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(parse_json(line, f"{path} line {lineno}"))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path} line {lineno} is not valid JSON ({err})") from err
         return rows
     data = _load_json(path)
     if isinstance(data, dict):
@@ -158,8 +188,12 @@ def _require_columns(path: Path, rows: list[dict], required: tuple[str, ...], fm
         )
 
 
-def _coco_image(image_root: Path, coco_id) -> Path:
-    name = f"{int(coco_id):012d}.jpg"
+def _coco_image(image_root: Path, coco_id, where: str) -> Path:
+    try:
+        number = int(str(coco_id).strip())
+    except ValueError as err:
+        raise DataError(f"{where}: coco_id {coco_id!r} is not a number (COCO images are <coco_id:012d>.jpg)") from err
+    name = f"{number:012d}.jpg"
     for split in COCO_SPLITS:
         candidate = image_root / split / name
         if candidate.exists():
@@ -182,7 +216,7 @@ def _records_from_rows(path: Path, rows: list[dict], fmt: str, image_root: Path,
             unsafe_image = _text(row.get("nsfw_im_path"))
             records.append(Quadruplet(
                 id=str(row.get("_key", i)), safe_text=_text(row.get("safe")), unsafe_text=_text(row.get("nsfw")),
-                safe_image=_coco_image(image_root, row["coco_id"]) if _text(row.get("coco_id")) else None,
+                safe_image=_coco_image(image_root, row["coco_id"], f"{path} row {i}") if _text(row.get("coco_id")) else None,
                 unsafe_image=unsafe_root / unsafe_image if unsafe_image else None,
                 category=str(row.get("tag") or ""), row=i))
         elif fmt == "nsfwcaps":
@@ -196,7 +230,7 @@ def _records_from_rows(path: Path, rows: list[dict], fmt: str, image_root: Path,
             records.append(Quadruplet(
                 id=str(row.get("id") or row.get("_key") or i), safe_text=_text(row.get("safe")),
                 unsafe_text=_text(row.get("nsfw")),
-                safe_image=_coco_image(image_root, coco_id) if coco_id and image_root != path.parent else None,
+                safe_image=_coco_image(image_root, coco_id, f"{path} row {i}") if coco_id and image_root != path.parent else None,
                 unsafe_image=None, category=str(row.get("tag") or ""), row=i))
     return records
 
@@ -207,7 +241,7 @@ def check_image(path: Path) -> str | None:
         return f"image file {path} does not exist"
     try:
         with Image.open(path) as im:
-            im.verify()
+            im.load()  # a full decode: a file cut mid-stream passes Image.verify() but not this
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         return f"image file {path} is corrupt or not an image ({err.__class__.__name__})"
     return None
@@ -228,6 +262,35 @@ def _row_problem(record: Quadruplet, modalities: tuple[str, ...], verify_images:
     return None
 
 
+def decide_modalities(path: Path, records: list[Quadruplet]) -> tuple[str, ...]:
+    """The modalities at least half of the rows have (rows without one of them are then bad rows)."""
+    counts = {m: sum(getattr(r, m) is not None for r in records) for m in MODALITIES}
+    modalities = tuple(m for m in MODALITIES if counts[m] * 2 >= len(records))
+    if "safe_text" not in modalities:
+        raise DataError(f"{path}: safe_text is empty in {len(records) - counts['safe_text']} of {len(records)} rows; "
+                        "every quadruplet needs its safe caption")
+    ignored = [f"{m} in {counts[m]} of {len(records)} rows" for m in MODALITIES if 0 < counts[m] and m not in modalities]
+    if ignored:
+        raise DataError(f"{path}: only some rows have {', '.join(ignored)}; give it in every row (or in none "
+                        "for a text-only set), or split the file")
+    return modalities
+
+
+def cap_texts(records: list[Quadruplet], report: ReadReport) -> list[Quadruplet]:
+    """Captions cut to MAX_TEXT_CHARS characters (CLIP reads 77 tokens); the count goes into the report."""
+    cut = 0
+    capped = []
+    for record in records:
+        long = {name: getattr(record, name)[:MAX_TEXT_CHARS] for name in ("safe_text", "unsafe_text")
+                if getattr(record, name) is not None and len(getattr(record, name)) > MAX_TEXT_CHARS}
+        cut += len(long)
+        capped.append(replace(record, **long) if long else record)
+    if cut:
+        report.notes.append(f"{cut} captions longer than {MAX_TEXT_CHARS} characters cut to that length before "
+                            "tokenising (CLIP reads at most 77 tokens)")
+    return capped
+
+
 def read_quadruplets(
     path: str | os.PathLike,
     *,
@@ -240,8 +303,9 @@ def read_quadruplets(
 ) -> tuple[list[Quadruplet], ReadReport]:
     """Read a quadruplet file; returns the records and a :class:`ReadReport`.
 
-    A modality (safe/unsafe text/image) is used when the first row has it; every row must then
-    have it (or ``skip_bad_rows`` skips and counts the rows that do not). Image files are checked
+    A modality (safe/unsafe text/image) is used when at least half of the rows have it; every row must
+    then have it (or ``skip_bad_rows`` skips and counts the rows that do not); one that fewer rows have
+    is refused, naming the count. Image files are checked
     for existence; with ``skip_bad_rows`` they are also decoded-verified, so corrupt ones are
     skipped up front (otherwise a corrupt image fails when loaded, naming the file and row).
     """
@@ -261,11 +325,10 @@ def read_quadruplets(
     root = Path(image_root) if image_root else path.parent
     unsafe_root = Path(unsafe_image_root) if unsafe_image_root else root
     records = _records_from_rows(path, rows, fmt, root, unsafe_root)
-    modalities = tuple(m for m in MODALITIES if getattr(records[0], m) is not None)
-    if "safe_text" not in modalities:
-        raise DataError(f"{path} row 1: safe_text is empty; every quadruplet needs its safe caption")
+    report = ReadReport(source=str(path), modalities=decide_modalities(path, records))
+    records = cap_texts(records, report)
+    modalities = report.modalities
     verify = skip_bad_rows if verify_images is None else verify_images
-    report = ReadReport(source=str(path), modalities=modalities)
     kept = []
     for record in records:
         problem = _row_problem(record, modalities, verify)

@@ -150,6 +150,9 @@ def zero_shot(bundle: ClipBundle, *, world: str | os.PathLike | None = None,
     return None
 
 
+MIN_RELIABLE_ROWS = 100  # below this a command that writes results warns that they say little
+
+
 @dataclass
 class EvalResults:
     """Metrics of models under named protocols: what :func:`evaluate` returns and every caller writes.
@@ -161,11 +164,13 @@ class EvalResults:
     protocols: tuple[str, ...] = ("safe-clip",)
     models: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     embeddings: dict[str, Embeddings] = field(default_factory=dict, repr=False)
+    rows: int = 0  # N: the test rows behind the numbers, the smallest after update() (recalls move in steps of 100 / N)
 
     def update(self, other: EvalResults) -> EvalResults:
         """Add ``other``'s models (and kept embeddings) to these results; returns self."""
         self.models.update(other.models)
         self.embeddings.update(other.embeddings)
+        self.rows = min((n for n in (self.rows, other.rows) if n), default=0)  # the smallest N behind any row
         return self
 
     def captions(self) -> dict[str, str]:
@@ -178,8 +183,8 @@ class EvalResults:
     def to_json(self) -> dict:
         """``{"protocol": name, "models": ...}`` for one protocol, ``{"protocols": captions, "models": ...}`` else."""
         if len(self.protocols) == 1 and not any(ZERO_SHOT_GROUP in m for m in self.models.values()):
-            return {"protocol": self.protocols[0], "models": self.models}
-        return {"protocols": self.captions(), "models": self.models}
+            return {"protocol": self.protocols[0], "rows": self.rows, "models": self.models}
+        return {"protocols": self.captions(), "rows": self.rows, "models": self.models}
 
     def table(self) -> str:
         """Markdown: one row per model, one column per (group, metric) in order of first appearance."""
@@ -218,7 +223,7 @@ def evaluate(models: Mapping[str, ClipBundle] | ClipBundle, records: Sequence[Qu
         protocols = [p for p in protocols if p not in lacking]
     else:
         require_modalities(protocols, present_modalities(records), f"the {len(records)} records")
-    results = EvalResults(tuple(protocols))
+    results = EvalResults(tuple(protocols), rows=len(records))
     for label, bundle in models.items():
         emb = embed_records(bundle, records, protocols=protocols, device=device, batch_size=batch_size, progress=progress)
         metrics = score(emb, protocols, device=device)

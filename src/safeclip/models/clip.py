@@ -166,10 +166,19 @@ def load_clip(
             f"could not load CLIP {where} '{source}': {err.__class__.__name__}: {str(err).splitlines()[0]} "
             "(a hub id needs a network or a filled HF cache; offline, pass a local folder)."
         ) from err
+    check_vocabulary(tokenizer, text, source)
     logit_scale = _read_logit_scale(source, local_files_only)
     text.eval()
     vision.eval()
     return ClipBundle(text, vision, tokenizer, image_processor, name=str(name_or_path), logit_scale=logit_scale)
+
+
+def check_vocabulary(tokenizer, text_model, source: str) -> None:
+    """A tokenizer with ids beyond the text encoder's embedding table would fail later with an IndexError."""
+    rows = text_model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ClipLoadError(f"the tokenizer of '{source}' has {len(tokenizer)} tokens but the text encoder embeds only "
+                            f"{rows}: they do not belong together (tokenizer files from another model?)")
 
 
 def _load_processors(source: str, local_files_only: bool, fallback: str | os.PathLike | None):
