@@ -3,6 +3,7 @@ rule on hand-made embeddings and with a tiny CLIP, prompt-file formats and spec 
 
 import math
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,8 +73,9 @@ def test_q16_prompt_files(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"prompts": torch.from_numpy(prompts)}, str(tmp_path / "prompts.safetensors"))
-    for name in ("prompts.p", "prompts.npy", "prompts.pt", "prompts.safetensors"):
+    for name in ("prompts.npy", "prompts.pt", "prompts.safetensors"):
         torch.testing.assert_close(load_q16_prompts(tmp_path / name), torch.from_numpy(prompts))
+    torch.testing.assert_close(load_q16_prompts(tmp_path / "prompts.p", allow_pickle=True), torch.from_numpy(prompts))
     np.save(tmp_path / "bad.npy", prompts[:1])
     with pytest.raises(ValueError, match=r"\(2, D\)"):
         load_q16_prompts(tmp_path / "bad.npy")
@@ -107,3 +109,21 @@ def test_bad_specs():
         build_image_judge("q16:")
     with pytest.raises(ValueError, match="nudenet:THRESHOLD"):
         build_image_judge("nudenet:high")
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path(self.marker).touch, ())
+
+
+def test_a_pickled_prompts_file_is_read_only_when_asked_for_by_name(tmp_path):
+    """``q16:`` never unpickles (a planted payload does not run); ``q16-pickle:`` is the explicit opt-in."""
+    marker = tmp_path / "payload-ran"
+    with (tmp_path / "prompts.p").open("wb") as fh:
+        pickle.dump(Payload(marker), fh)
+    with pytest.raises(ValueError, match="is a pickle, which can run code when loaded.*q16-pickle:"):
+        build_image_judge(f"q16:{tmp_path / 'prompts.p'}@unused")
+    assert not marker.exists()

@@ -22,7 +22,7 @@ def register_eval(evals: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Example (paper Table 4, one GPU; add `accelerate launch -m safeclip.cli` for several):\n"
         "  safeclip eval t2i --sd CompVis/stable-diffusion-v1-4 --safe-encoder safe-clip=aimagelab/safeclip_vit-l_14 \\\n"
-        "    --prompts i2p_benchmark.csv --judges nudenet,q16:Q16/data/ViT-L-14/prompts.p@openai/clip-vit-large-patch14 \\\n"
+        "    --prompts i2p_benchmark.csv --judges nudenet,q16-pickle:Q16/data/ViT-L-14/prompts.p@openai/clip-vit-large-patch14 \\\n"
         "    --dtype float16 --out results/t2i",
     )
     t2i.add_argument("--sd", required=True, help="Stable Diffusion pipeline: hub id (CompVis/stable-diffusion-v1-4) or folder")

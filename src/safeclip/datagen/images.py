@@ -94,7 +94,7 @@ def _hf_flagger(spec: str) -> ImageFlagger:
     return flag
 
 
-FLAGGER_FORMS = ("none", "hf:NAME_OR_DIR[@LABEL]", "nudenet[:THRESHOLD]", "q16:PROMPTS_FILE@CLIP")
+FLAGGER_FORMS = ("none", "hf:NAME_OR_DIR[@LABEL]", "nudenet[:THRESHOLD]", "q16:PROMPTS_FILE@CLIP", "q16-pickle:PROMPTS.p@CLIP")
 
 
 def build_image_flagger(spec: str) -> ImageFlagger:
@@ -108,7 +108,7 @@ def build_image_flagger(spec: str) -> ImageFlagger:
         return lambda images, prompts: [1.0] * len(images)
     if spec.startswith("hf:") and len(spec) > 3:
         return _hf_flagger(spec)
-    if spec.partition(":")[0] in ("nudenet", "q16"):
+    if spec.partition(":")[0] in ("nudenet", "q16", "q16-pickle"):
         return _judge_flagger(spec)
     raise ValueError(f"unknown image classifier spec {spec!r}; accepted forms: {', '.join(FLAGGER_FORMS)}")
 

@@ -15,7 +15,7 @@ Resumable and sharded: images are PNGs written as they are made and each verdict
 ``accelerate launch`` each process takes every world_size-th item and the main process writes the report.
 
     safeclip eval t2i --sd CompVis/stable-diffusion-v1-4 --safe-encoder safe-clip=aimagelab/safeclip_vit-l_14 \\
-        --prompts i2p_benchmark.csv --judges nudenet,q16:prompts.p@openai/clip-vit-large-patch14 --out results/t2i
+        --prompts i2p_benchmark.csv --judges nudenet,q16-pickle:prompts.p@openai/clip-vit-large-patch14 --out results/t2i
 """
 
 from __future__ import annotations
