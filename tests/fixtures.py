@@ -45,3 +45,14 @@ def write_quadruplets(folder: Path, n: int, *, seed: int = 0, name: str = "data.
     path = folder / name
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+class Payload:
+    """Pickling this runs ``Path(marker).touch()`` when the pickle is loaded: a planted payload that a test checks
+    never runs."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path(self.marker).touch, ())

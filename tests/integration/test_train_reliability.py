@@ -16,9 +16,8 @@ from safetensors.torch import load_file
 from safeclip.checkpoint import DiskFullError, RunError
 from safeclip.config import ConfigError
 from safeclip.train import train
-from tests.fixtures import write_quadruplets
+from tests.fixtures import Payload, write_quadruplets
 from tests.integration.test_train import run_module, tiny_config
-from tests.unit.test_checkpoint import Payload
 from tests.unit.test_run_folder import hold_lock
 
 

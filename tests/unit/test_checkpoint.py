@@ -24,6 +24,7 @@ from safeclip.checkpoint import (
     write_folder_atomic,
     write_text_atomic,
 )
+from tests.fixtures import Payload
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,14 +119,6 @@ def test_optimizer_and_rng_states_round_trip_without_pickle(tmp_path):
     drawn = (random.random(), np.random.rand(), torch.rand(1))
     restore_rng(load_state(tmp_path, "rng-0"))
     assert (random.random(), np.random.rand()) == drawn[:2] and torch.equal(torch.rand(1), drawn[2])
-
-
-class Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (Path(self.marker).touch, ())
 
 
 def test_a_pickled_state_is_refused_and_never_loaded(tmp_path):

@@ -3,7 +3,6 @@ rule on hand-made embeddings and with a tiny CLIP, prompt-file formats and spec 
 
 import math
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from PIL import Image
 
 from safeclip.eval.image_judges import (NudeNetJudge, Q16Judge, build_image_judge, judge_images, load_q16_prompts,
                                         q16_probabilities)
+from tests.fixtures import Payload
 
 
 class FakeDetector:
@@ -109,14 +109,6 @@ def test_bad_specs():
         build_image_judge("q16:")
     with pytest.raises(ValueError, match="nudenet:THRESHOLD"):
         build_image_judge("nudenet:high")
-
-
-class Payload:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (Path(self.marker).touch, ())
 
 
 def test_a_pickled_prompts_file_is_read_only_when_asked_for_by_name(tmp_path):
