@@ -150,14 +150,14 @@ def straightforward_step(text, vision, batch: dict, cfg, refs: dict | None = Non
     """Four passes with gradient, T(t), T(t*), V(v), V(v*), plus T0(t), V0(v) unless ``refs`` are given."""
     if refs is None:
         with torch.no_grad(), adapters_disabled(text, vision):
-            refs = {"text_safe_ref": encode_token_batch(text, batch["safe_input_ids"], batch["safe_attention_mask"]),
-                    "image_safe_ref": encode_pixel_batch(vision, batch["safe_pixels"])}
+            refs = {"safe_text_ref": encode_token_batch(text, batch["safe_input_ids"], batch["safe_attention_mask"]),
+                    "safe_image_ref": encode_pixel_batch(vision, batch["safe_pixels"])}
     return safe_clip_objective(
-        text_safe=encode_token_batch(text, batch["safe_input_ids"], batch["safe_attention_mask"]),
-        text_unsafe=encode_token_batch(text, batch["unsafe_input_ids"], batch["unsafe_attention_mask"]),
-        image_safe=encode_pixel_batch(vision, batch["safe_pixels"]),
-        image_unsafe=encode_pixel_batch(vision, batch["unsafe_pixels"]),
-        text_safe_ref=refs["text_safe_ref"], image_safe_ref=refs["image_safe_ref"],
+        safe_text=encode_token_batch(text, batch["safe_input_ids"], batch["safe_attention_mask"]),
+        unsafe_text=encode_token_batch(text, batch["unsafe_input_ids"], batch["unsafe_attention_mask"]),
+        safe_image=encode_pixel_batch(vision, batch["safe_pixels"]),
+        unsafe_image=encode_pixel_batch(vision, batch["unsafe_pixels"]),
+        safe_text_ref=refs["safe_text_ref"], safe_image_ref=refs["safe_image_ref"],
         weights=loss_weights(cfg), temperature=cfg.loss.temperature)
 
 

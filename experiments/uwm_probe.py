@@ -110,7 +110,7 @@ def unsafe_preference_gradients(bundle, records, cfg: UwmConfig) -> dict[str, to
 
     for batch in loader:
         embeds = encode_batch_texts(bundle.text, batch) | encode_batch_images(bundle.vision, batch, torch.float32)
-        t, v, t_u, v_u = (F.normalize(embeds[k], dim=-1) for k in ("text_safe", "image_safe", "text_unsafe", "image_unsafe"))
+        t, v, t_u, v_u = (F.normalize(embeds[k], dim=-1) for k in ("safe_text", "safe_image", "unsafe_text", "unsafe_image"))
         preference = (t_u * v_u).sum(-1) - (t_u * v).sum(-1) + (v_u * t_u).sum(-1) - (v_u * t).sum(-1)
         (preference.sum() / len(records)).backward()
     scores = {k: (m.weight.grad * m.weight).detach().clamp(min=0) for k, m in layers.items()}

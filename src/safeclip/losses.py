@@ -11,8 +11,8 @@ the sum of two negative mean cosines. Each function accepts ``None`` for a missi
 (e.g. ViSU-Text has no unsafe images) and then returns the sum of the halves it can compute.
 
     from safeclip.losses import redirection_contrastive_loss
-    loss = redirection_contrastive_loss(text_unsafe=T_ts, image_safe_ref=V0_v,
-                                        image_unsafe=V_vs, text_safe_ref=T0_t, temperature=0.01)
+    loss = redirection_contrastive_loss(unsafe_text=T_ts, safe_image_ref=V0_v,
+                                        unsafe_image=V_vs, safe_text_ref=T0_t, temperature=0.01)
 """
 
 from __future__ import annotations
@@ -53,76 +53,76 @@ def _sum_terms(terms: list[Tensor | None], name: str) -> Tensor:
 
 
 def redirection_contrastive_loss(
-    text_unsafe: Tensor | None,
-    image_safe_ref: Tensor | None,
-    image_unsafe: Tensor | None,
-    text_safe_ref: Tensor | None,
+    unsafe_text: Tensor | None,
+    safe_image_ref: Tensor | None,
+    unsafe_image: Tensor | None,
+    safe_text_ref: Tensor | None,
     temperature: float = 0.01,
 ) -> Tensor:
     """Eq. 4: InfoNCE between T(t*) and V0(v), and between V(v*) and T0(t), both directions.
 
-    ``text_unsafe`` = T(t*), ``image_safe_ref`` = V0(v), ``image_unsafe`` = V(v*),
-    ``text_safe_ref`` = T0(t); all ``(N, D)``. Returns a scalar: four mean cross-entropies summed.
+    ``unsafe_text`` = T(t*), ``safe_image_ref`` = V0(v), ``unsafe_image`` = V(v*),
+    ``safe_text_ref`` = T0(t); all ``(N, D)``. Returns a scalar: four mean cross-entropies summed.
     """
     text_half = None
-    if text_unsafe is not None and image_safe_ref is not None:
-        text_half = symmetric_info_nce(text_unsafe, image_safe_ref, temperature)
+    if unsafe_text is not None and safe_image_ref is not None:
+        text_half = symmetric_info_nce(unsafe_text, safe_image_ref, temperature)
     image_half = None
-    if image_unsafe is not None and text_safe_ref is not None:
-        image_half = symmetric_info_nce(text_safe_ref, image_unsafe, temperature)
+    if unsafe_image is not None and safe_text_ref is not None:
+        image_half = symmetric_info_nce(safe_text_ref, unsafe_image, temperature)
     return _sum_terms([text_half, image_half], "redirection_contrastive_loss")
 
 
 def redirection_cosine_loss(
-    text_unsafe: Tensor | None,
-    text_safe_ref: Tensor | None,
-    image_unsafe: Tensor | None,
-    image_safe_ref: Tensor | None,
+    unsafe_text: Tensor | None,
+    safe_text_ref: Tensor | None,
+    unsafe_image: Tensor | None,
+    safe_image_ref: Tensor | None,
 ) -> Tensor:
     """Eq. 5: -(1/N)(sum_i cos(T(t*_i), T0(t_i)) + sum_i cos(V(v*_i), V0(v_i)))."""
     text_half = None
-    if text_unsafe is not None and text_safe_ref is not None:
-        text_half = negative_mean_cosine(text_unsafe, text_safe_ref)
+    if unsafe_text is not None and safe_text_ref is not None:
+        text_half = negative_mean_cosine(unsafe_text, safe_text_ref)
     image_half = None
-    if image_unsafe is not None and image_safe_ref is not None:
-        image_half = negative_mean_cosine(image_unsafe, image_safe_ref)
+    if unsafe_image is not None and safe_image_ref is not None:
+        image_half = negative_mean_cosine(unsafe_image, safe_image_ref)
     return _sum_terms([text_half, image_half], "redirection_cosine_loss")
 
 
 def preservation_cosine_loss(
-    text_safe: Tensor | None,
-    text_safe_ref: Tensor | None,
-    image_safe: Tensor | None,
-    image_safe_ref: Tensor | None,
+    safe_text: Tensor | None,
+    safe_text_ref: Tensor | None,
+    safe_image: Tensor | None,
+    safe_image_ref: Tensor | None,
 ) -> Tensor:
     """Eq. 6: -(1/N)(sum_i cos(T(t_i), T0(t_i)) + sum_i cos(V(v_i), V0(v_i)))."""
     text_half = None
-    if text_safe is not None and text_safe_ref is not None:
-        text_half = negative_mean_cosine(text_safe, text_safe_ref)
+    if safe_text is not None and safe_text_ref is not None:
+        text_half = negative_mean_cosine(safe_text, safe_text_ref)
     image_half = None
-    if image_safe is not None and image_safe_ref is not None:
-        image_half = negative_mean_cosine(image_safe, image_safe_ref)
+    if safe_image is not None and safe_image_ref is not None:
+        image_half = negative_mean_cosine(safe_image, safe_image_ref)
     return _sum_terms([text_half, image_half], "preservation_cosine_loss")
 
 
 def preservation_contrastive_loss(
-    text_safe: Tensor | None,
-    image_safe_ref: Tensor | None,
-    image_safe: Tensor | None,
-    text_safe_ref: Tensor | None,
+    safe_text: Tensor | None,
+    safe_image_ref: Tensor | None,
+    safe_image: Tensor | None,
+    safe_text_ref: Tensor | None,
     temperature: float = 0.01,
 ) -> Tensor:
     """Eq. 7: InfoNCE between V0(v) and T(t), and between T0(t) and V(v), both directions.
 
-    ``text_safe`` = T(t), ``image_safe_ref`` = V0(v), ``image_safe`` = V(v), ``text_safe_ref`` = T0(t).
+    ``safe_text`` = T(t), ``safe_image_ref`` = V0(v), ``safe_image`` = V(v), ``safe_text_ref`` = T0(t).
     Returns a scalar: four mean cross-entropies summed.
     """
     text_half = None
-    if text_safe is not None and image_safe_ref is not None:
-        text_half = symmetric_info_nce(text_safe, image_safe_ref, temperature)
+    if safe_text is not None and safe_image_ref is not None:
+        text_half = symmetric_info_nce(safe_text, safe_image_ref, temperature)
     image_half = None
-    if image_safe is not None and text_safe_ref is not None:
-        image_half = symmetric_info_nce(text_safe_ref, image_safe, temperature)
+    if safe_image is not None and safe_text_ref is not None:
+        image_half = symmetric_info_nce(safe_text_ref, safe_image, temperature)
     return _sum_terms([text_half, image_half], "preservation_contrastive_loss")
 
 
@@ -136,12 +136,12 @@ LOSS_TERMS = (
 
 def safe_clip_objective(
     *,
-    text_safe: Tensor | None,
-    text_unsafe: Tensor | None,
-    image_safe: Tensor | None,
-    image_unsafe: Tensor | None,
-    text_safe_ref: Tensor | None,
-    image_safe_ref: Tensor | None,
+    safe_text: Tensor | None,
+    unsafe_text: Tensor | None,
+    safe_image: Tensor | None,
+    unsafe_image: Tensor | None,
+    safe_text_ref: Tensor | None,
+    safe_image_ref: Tensor | None,
     weights: dict[str, float],
     temperature: float,
 ) -> dict[str, Tensor]:
@@ -151,17 +151,17 @@ def safe_clip_objective(
     """
     candidates = {
         "redirection_contrastive": lambda: redirection_contrastive_loss(
-            text_unsafe=text_unsafe, image_safe_ref=image_safe_ref, image_unsafe=image_unsafe,
-            text_safe_ref=text_safe_ref, temperature=temperature),
+            unsafe_text=unsafe_text, safe_image_ref=safe_image_ref, unsafe_image=unsafe_image,
+            safe_text_ref=safe_text_ref, temperature=temperature),
         "redirection_cosine": lambda: redirection_cosine_loss(
-            text_unsafe=text_unsafe, text_safe_ref=text_safe_ref, image_unsafe=image_unsafe,
-            image_safe_ref=image_safe_ref),
+            unsafe_text=unsafe_text, safe_text_ref=safe_text_ref, unsafe_image=unsafe_image,
+            safe_image_ref=safe_image_ref),
         "preservation_cosine": lambda: preservation_cosine_loss(
-            text_safe=text_safe, text_safe_ref=text_safe_ref, image_safe=image_safe,
-            image_safe_ref=image_safe_ref),
+            safe_text=safe_text, safe_text_ref=safe_text_ref, safe_image=safe_image,
+            safe_image_ref=safe_image_ref),
         "preservation_contrastive": lambda: preservation_contrastive_loss(
-            text_safe=text_safe, image_safe_ref=image_safe_ref, image_safe=image_safe,
-            text_safe_ref=text_safe_ref, temperature=temperature),
+            safe_text=safe_text, safe_image_ref=safe_image_ref, safe_image=safe_image,
+            safe_text_ref=safe_text_ref, temperature=temperature),
     }
     terms: dict[str, Tensor] = {}
     for name, compute in candidates.items():

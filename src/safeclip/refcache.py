@@ -6,7 +6,7 @@ of every training step. The cache file is keyed by a fingerprint of the base wei
 tokenizer and image preprocessing, and the records (texts, image paths, sizes and mtimes).
 
     refs = load_or_compute_references(text, vision, tokenizer, image_processor, records, cache_dir)
-    refs["text_safe_ref"][batch["index"]]        # (B, D)
+    refs["safe_text_ref"][batch["index"]]        # (B, D)
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from safeclip.data.quadruplets import Quadruplet
 from safeclip.eval.embed import embed_quadruplets
 from safeclip.models.lora import adapters_disabled, base_parameters
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: tensors named after the modality they embed (safe_text_ref)
 
 
 def reference_fingerprint(text_model, vision_model, tokenizer, image_processor, records: Sequence[Quadruplet],
@@ -49,7 +49,7 @@ def load_or_compute_references(
     text_model, vision_model, tokenizer, image_processor, records: Sequence[Quadruplet], modalities: Sequence[str],
     cache_dir: str | os.PathLike, *, batch_size: int = 256, progress: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """``{"text_safe_ref": (N, D)[, "image_safe_ref": (N, D)]}``, from the cache or computed and cached."""
+    """``{"safe_text_ref": (N, D)[, "safe_image_ref": (N, D)]}``, from the cache or computed and cached."""
     wanted = [m for m in ("safe_text", "safe_image") if m in modalities]
     key = reference_fingerprint(text_model, vision_model, tokenizer, image_processor, records, wanted)
     path = Path(cache_dir) / f"references-{key[:24]}.safetensors"
@@ -58,7 +58,7 @@ def load_or_compute_references(
     with adapters_disabled(text_model, vision_model):
         emb = embed_quadruplets(text_model, vision_model, tokenizer, image_processor, records, modalities=wanted,
                                 batch_size=batch_size, progress=progress)
-    refs = {f"{m.split('_')[1]}_safe_ref": emb[m].contiguous() for m in wanted}
+    refs = {f"{m}_ref": emb[m].contiguous() for m in wanted}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_file(refs, tmp)

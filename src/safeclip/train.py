@@ -168,7 +168,7 @@ def encode_batch_texts(text_model, batch: dict) -> dict[str, torch.Tensor]:
     ids = torch.cat([batch[f"{s}_input_ids"] for s in sides])
     mask = torch.cat([batch[f"{s}_attention_mask"] for s in sides])
     embeds = encode_token_batch(text_model, ids, mask).chunk(len(sides))
-    return {f"text_{s}": e for s, e in zip(sides, embeds)}
+    return {f"{s}_text": e for s, e in zip(sides, embeds)}
 
 
 def encode_batch_images(vision_model, batch: dict, dtype: torch.dtype) -> dict[str, torch.Tensor]:
@@ -178,7 +178,7 @@ def encode_batch_images(vision_model, batch: dict, dtype: torch.dtype) -> dict[s
         return {}
     pixels = torch.cat([batch[f"{s}_pixels"] for s in sides]).to(dtype)
     embeds = encode_pixel_batch(vision_model, pixels).chunk(len(sides))
-    return {f"image_{s}": e for s, e in zip(sides, embeds)}
+    return {f"{s}_image": e for s, e in zip(sides, embeds)}
 
 
 @torch.no_grad()
@@ -186,9 +186,9 @@ def reference_embeddings(text_base, vision_base, batch: dict, dtype: torch.dtype
     """T0(t) and V0(v): the encoders with adapters off. No gradient ever reaches them."""
     refs = {}
     with adapters_disabled(text_base, vision_base):
-        refs["text_safe_ref"] = encode_token_batch(text_base, batch["safe_input_ids"], batch["safe_attention_mask"])
+        refs["safe_text_ref"] = encode_token_batch(text_base, batch["safe_input_ids"], batch["safe_attention_mask"])
         if "safe_pixels" in batch:
-            refs["image_safe_ref"] = encode_pixel_batch(vision_base, batch["safe_pixels"].to(dtype))
+            refs["safe_image_ref"] = encode_pixel_batch(vision_base, batch["safe_pixels"].to(dtype))
     return refs
 
 
@@ -232,9 +232,9 @@ def safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batc
         current = {name: gather_with_grad(current[name]) for name in sorted(current)}
         refs = {name: gather_with_grad(refs[name]) for name in sorted(refs)}
     return safe_clip_objective(
-        text_safe=current.get("text_safe"), text_unsafe=current.get("text_unsafe"),
-        image_safe=current.get("image_safe"), image_unsafe=current.get("image_unsafe"),
-        text_safe_ref=refs.get("text_safe_ref"), image_safe_ref=refs.get("image_safe_ref"),
+        safe_text=current.get("safe_text"), unsafe_text=current.get("unsafe_text"),
+        safe_image=current.get("safe_image"), unsafe_image=current.get("unsafe_image"),
+        safe_text_ref=refs.get("safe_text_ref"), safe_image_ref=refs.get("safe_image_ref"),
         weights=loss_weights(cfg), temperature=cfg.loss.temperature,
     )
 

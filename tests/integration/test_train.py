@@ -61,7 +61,7 @@ def test_training_moves_lora_only_and_references_stay_bit_identical(tmp_path, ti
     assert {"redirection_contrastive", "redirection_cosine", "preservation_cosine", "preservation_contrastive"} <= set(terms)
     # with adapters active, T(t*) is no longer T0(t*): the model being trained differs from its reference
     current = text(input_ids=batch["safe_input_ids"], attention_mask=batch["safe_attention_mask"]).text_embeds
-    assert not torch.allclose(current, refs_after["text_safe_ref"])
+    assert not torch.allclose(current, refs_after["safe_text_ref"])
 
 
 def test_train_writes_run_folder_and_logs(tmp_path, tiny_clip_dir, data):

@@ -39,14 +39,14 @@ def test_redirection_contrastive_is_four_mean_cross_entropies():
     """Eq. 4 with both modalities = twice the two-CE value when both pairs are orthogonal (tau = 0.5)."""
     half = 2 * math.log(1 + math.exp(-2))
     loss = redirection_contrastive_loss(
-        text_unsafe=E1, image_safe_ref=E1_SCALED, image_unsafe=E1_SCALED, text_safe_ref=E1, temperature=0.5
+        unsafe_text=E1, safe_image_ref=E1_SCALED, unsafe_image=E1_SCALED, safe_text_ref=E1, temperature=0.5
     )
     assert loss.item() == pytest.approx(2 * half, rel=1e-6)
 
 
 def test_redirection_contrastive_text_only_mode():
     loss = redirection_contrastive_loss(
-        text_unsafe=E1, image_safe_ref=E1, image_unsafe=None, text_safe_ref=None, temperature=1.0
+        unsafe_text=E1, safe_image_ref=E1, unsafe_image=None, safe_text_ref=None, temperature=1.0
     )
     assert loss.item() == pytest.approx(2 * math.log(1 + math.exp(-1)), rel=1e-6)
 
@@ -57,7 +57,7 @@ def test_redirection_cosine_by_hand():
     t0 = torch.tensor([[3.0, 3.0], [1.0, 0.0]])
     v_star = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     v0 = torch.tensor([[0.0, 2.0], [5.0, 0.0]])
-    loss = redirection_cosine_loss(text_unsafe=t_star, text_safe_ref=t0, image_unsafe=v_star, image_safe_ref=v0)
+    loss = redirection_cosine_loss(unsafe_text=t_star, safe_text_ref=t0, unsafe_image=v_star, safe_image_ref=v0)
     assert loss.item() == pytest.approx(-1.0, abs=1e-6)
 
 
@@ -65,8 +65,8 @@ def test_preservation_cosine_by_hand_and_minimum():
     """Identical directions on both sides give the minimum -2; opposite text gives -(-1 + 1) = 0."""
     x = torch.randn(5, 8)
     y = torch.randn(5, 8)
-    assert preservation_cosine_loss(text_safe=x, text_safe_ref=2 * x, image_safe=y, image_safe_ref=y).item() == pytest.approx(-2.0, abs=1e-6)
-    assert preservation_cosine_loss(text_safe=-x, text_safe_ref=x, image_safe=y, image_safe_ref=y).item() == pytest.approx(0.0, abs=1e-6)
+    assert preservation_cosine_loss(safe_text=x, safe_text_ref=2 * x, safe_image=y, safe_image_ref=y).item() == pytest.approx(-2.0, abs=1e-6)
+    assert preservation_cosine_loss(safe_text=-x, safe_text_ref=x, safe_image=y, safe_image_ref=y).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_preservation_contrastive_matches_explicit_sums():
@@ -83,13 +83,13 @@ def test_preservation_contrastive_matches_explicit_sums():
         + torch.log_softmax(s2, 1).diagonal().mean()
         + torch.log_softmax(s2, 0).diagonal().mean()
     )
-    got = preservation_contrastive_loss(text_safe=t, image_safe_ref=v0, image_safe=v, text_safe_ref=t0, temperature=tau)
+    got = preservation_contrastive_loss(safe_text=t, safe_image_ref=v0, safe_image=v, safe_text_ref=t0, temperature=tau)
     assert got.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_losses_reject_all_missing():
     with pytest.raises(ValueError, match="every input pair is None"):
-        redirection_cosine_loss(text_unsafe=None, text_safe_ref=E1, image_unsafe=None, image_safe_ref=E1)
+        redirection_cosine_loss(unsafe_text=None, safe_text_ref=E1, unsafe_image=None, safe_image_ref=E1)
 
 
 def test_objective_weighted_sum_and_skips_missing_modalities():
@@ -102,8 +102,8 @@ def test_objective_weighted_sum_and_skips_missing_modalities():
     t, ts, t0, v0 = (torch.randn(3, 4) for _ in range(4))
     weights = {"redirection_contrastive": 0.5, "redirection_cosine": 2.0, "preservation_cosine": 1.0, "preservation_contrastive": 0.0}
     terms = safe_clip_objective(
-        text_safe=t, text_unsafe=ts, image_safe=None, image_unsafe=None,
-        text_safe_ref=t0, image_safe_ref=v0, weights=weights, temperature=0.1,
+        safe_text=t, unsafe_text=ts, safe_image=None, unsafe_image=None,
+        safe_text_ref=t0, safe_image_ref=v0, weights=weights, temperature=0.1,
     )
     unit = lambda x: x / x.norm(dim=1, keepdim=True)  # noqa: E731
     logits = unit(ts) @ unit(v0).T / 0.1  # (3, 3): rows T(t*_i), columns V0(v_j)
@@ -120,5 +120,5 @@ def test_objective_weighted_sum_and_skips_missing_modalities():
 def test_gradients_flow_only_to_trainable_side():
     a = torch.randn(4, 8, requires_grad=True)
     ref = torch.randn(4, 8)
-    redirection_contrastive_loss(text_unsafe=a, image_safe_ref=ref, image_unsafe=None, text_safe_ref=None).backward()
+    redirection_contrastive_loss(unsafe_text=a, safe_image_ref=ref, unsafe_image=None, safe_text_ref=None).backward()
     assert a.grad is not None and a.grad.abs().sum() > 0

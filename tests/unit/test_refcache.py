@@ -19,7 +19,7 @@ def test_cached_references_equal_recomputed_ones_and_are_reused(tmp_path, tiny_c
     refs = load_or_compute_references(text, vision, bundle.tokenizer, bundle.image_processor, records,
                                       report.modalities, tmp_path / "cache", batch_size=4)
     files = list((tmp_path / "cache").glob("references-*.safetensors"))
-    assert len(files) == 1 and set(refs) == {"text_safe_ref", "image_safe_ref"}
+    assert len(files) == 1 and set(refs) == {"safe_text_ref", "safe_image_ref"}
     dataset = QuadrupletDataset(records, bundle.image_processor, report.modalities)
     batch = QuadrupletCollator(bundle.tokenizer)([dataset[i] for i in (7, 2, 5)])
     fresh = reference_embeddings(text, vision, batch, torch.float32)
@@ -32,7 +32,7 @@ def test_cached_references_equal_recomputed_ones_and_are_reused(tmp_path, tiny_c
     stamp = files[0].stat().st_mtime_ns  # same model and data: read back, not recomputed
     again = load_or_compute_references(text, vision, bundle.tokenizer, bundle.image_processor, records,
                                        report.modalities, tmp_path / "cache")
-    assert files[0].stat().st_mtime_ns == stamp and torch.equal(again["text_safe_ref"], refs["text_safe_ref"])
+    assert files[0].stat().st_mtime_ns == stamp and torch.equal(again["safe_text_ref"], refs["safe_text_ref"])
     load_or_compute_references(text, vision, bundle.tokenizer, bundle.image_processor, records[:5],
                                report.modalities, tmp_path / "cache")  # other data: another key
     assert len(list((tmp_path / "cache").glob("references-*.safetensors"))) == 2
@@ -52,4 +52,4 @@ def test_training_with_adapters_on_does_not_touch_cached_references(tmp_path, ti
             torch.nn.init.normal_(p, std=0.5)
     moved = load_or_compute_references(text, vision, bundle.tokenizer, bundle.image_processor, records,
                                        report.modalities, tmp_path / "b")
-    assert torch.equal(refs["text_safe_ref"], moved["text_safe_ref"])
+    assert torch.equal(refs["safe_text_ref"], moved["safe_text_ref"])

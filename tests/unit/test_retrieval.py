@@ -235,9 +235,9 @@ def test_protocol_omits_unsafe_entries_without_both_unsafe_inputs():
     t, v = basis([0, 1, 2]), basis([0, 1, 2])
     assert list(safe_clip_protocol(t, v)) == ["T->V", "V->T"]
     with pytest.warns(UserWarning, match="omitted"):
-        assert list(safe_clip_protocol(t, v, text_unsafe=basis([3, 4, 5]))) == ["T->V", "V->T"]
+        assert list(safe_clip_protocol(t, v, unsafe_text=basis([3, 4, 5]))) == ["T->V", "V->T"]
     with pytest.warns(UserWarning, match="omitted"):
-        assert list(safe_clip_protocol(t, v, image_unsafe=basis([3, 4, 5]))) == ["T->V", "V->T"]
+        assert list(safe_clip_protocol(t, v, unsafe_image=basis([3, 4, 5]))) == ["T->V", "V->T"]
 
 
 def test_protocol_rejects_misaligned_quadruplets():

@@ -5,7 +5,7 @@
     results.write("results/")  # results/results.json + results/results.md
 
     from safeclip.eval import recall_at_k, safe_clip_protocol, write_results   # tensor level
-    res = safe_clip_protocol(text_safe, image_safe, text_unsafe, image_unsafe)  # all (N, D)
+    res = safe_clip_protocol(safe_text, safe_image, unsafe_text, unsafe_image)  # all (N, D)
 
 Submodules: ``evaluation`` (:func:`evaluate`: embed, then score by protocol; the results object),
 ``report`` (the Markdown table writer, the seed summary), ``retrieval`` (R@k, top-1, the Safe-CLIP / HySAC

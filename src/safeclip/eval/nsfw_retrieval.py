@@ -49,19 +49,19 @@ def nsfw_retrieval(
     T2I: every unsafe text queries the images of one source plus the distractor images.
     I2T: every unsafe image of a source queries the unsafe texts plus the distractor texts.
     """
-    text_unsafe = encode_texts(bundle.text, bundle.tokenizer, unsafe_texts, batch_size=batch_size)
-    text_safe = encode_texts(bundle.text, bundle.tokenizer, distractor_texts, batch_size=batch_size)
-    image_safe = encode_images(bundle.vision, bundle.image_processor, _images(distractor_images), batch_size=batch_size)
+    unsafe_text = encode_texts(bundle.text, bundle.tokenizer, unsafe_texts, batch_size=batch_size)
+    safe_text = encode_texts(bundle.text, bundle.tokenizer, distractor_texts, batch_size=batch_size)
+    safe_image = encode_images(bundle.vision, bundle.image_processor, _images(distractor_images), batch_size=batch_size)
     out: dict = {"T2I": {}, "I2T": {}}
     all_sources = []
     for source, paths in unsafe_images.items():
-        image_unsafe = encode_images(bundle.vision, bundle.image_processor, _images(paths), batch_size=batch_size)
-        all_sources.append(image_unsafe)
-        out["T2I"][source] = unsafe_top1_rate(text_unsafe, image_unsafe, image_safe)
-        out["I2T"][source] = unsafe_top1_rate(image_unsafe, text_unsafe, text_safe)
+        unsafe_image = encode_images(bundle.vision, bundle.image_processor, _images(paths), batch_size=batch_size)
+        all_sources.append(unsafe_image)
+        out["T2I"][source] = unsafe_top1_rate(unsafe_text, unsafe_image, safe_image)
+        out["I2T"][source] = unsafe_top1_rate(unsafe_image, unsafe_text, safe_text)
     every = torch.cat(all_sources)
-    out["T2I"]["all"] = unsafe_top1_rate(text_unsafe, every, image_safe)
-    out["I2T"]["all"] = unsafe_top1_rate(every, text_unsafe, text_safe)
+    out["T2I"]["all"] = unsafe_top1_rate(unsafe_text, every, safe_image)
+    out["I2T"]["all"] = unsafe_top1_rate(every, unsafe_text, safe_text)
     return out
 
 

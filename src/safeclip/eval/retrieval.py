@@ -185,10 +185,10 @@ def unsafe_direction(
 
 
 def safe_clip_protocol(
-    text_safe: torch.Tensor,
-    image_safe: torch.Tensor,
-    text_unsafe: torch.Tensor | None = None,
-    image_unsafe: torch.Tensor | None = None,
+    safe_text: torch.Tensor,
+    safe_image: torch.Tensor,
+    unsafe_text: torch.Tensor | None = None,
+    unsafe_image: torch.Tensor | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     *,
     chunk_size: int = 1024,
@@ -207,22 +207,22 @@ def safe_clip_protocol(
     omitted when either is None (with a warning when exactly one is given, since a gallery
     without its unsafe half would be a different protocol).
     """
-    n = text_safe.shape[0]
-    for name, x in (("image_safe", image_safe), ("text_unsafe", text_unsafe), ("image_unsafe", image_unsafe)):
+    n = safe_text.shape[0]
+    for name, x in (("safe_image", safe_image), ("unsafe_text", unsafe_text), ("unsafe_image", unsafe_image)):
         if x is not None and x.shape[0] != n:
-            raise ValueError(f"{name} has {x.shape[0]} rows but text_safe has {n}; quadruplets must be aligned")
+            raise ValueError(f"{name} has {x.shape[0]} rows but safe_text has {n}; quadruplets must be aligned")
     targets = torch.arange(n)
     out = {
-        "T->V": _entry(recall_at_k(text_safe, image_safe, targets, ks, chunk_size=chunk_size)),
-        "V->T": _entry(recall_at_k(image_safe, text_safe, targets, ks, chunk_size=chunk_size)),
+        "T->V": _entry(recall_at_k(safe_text, safe_image, targets, ks, chunk_size=chunk_size)),
+        "V->T": _entry(recall_at_k(safe_image, safe_text, targets, ks, chunk_size=chunk_size)),
     }
-    if text_unsafe is not None and image_unsafe is not None:
-        out["T*->V+V*"] = unsafe_direction(text_unsafe, image_safe, image_unsafe, ks, chunk_size=chunk_size)
-        out["V*->T+T*"] = unsafe_direction(image_unsafe, text_safe, text_unsafe, ks, chunk_size=chunk_size)
-    elif text_unsafe is not None or image_unsafe is not None:
-        given = "text_unsafe" if text_unsafe is not None else "image_unsafe"
-        warnings.warn(f"safe_clip_protocol: only {given} given; both unsafe directions need text_unsafe and "
-                      "image_unsafe (each gallery holds the other modality's unsafe items), so they are omitted",
+    if unsafe_text is not None and unsafe_image is not None:
+        out["T*->V+V*"] = unsafe_direction(unsafe_text, safe_image, unsafe_image, ks, chunk_size=chunk_size)
+        out["V*->T+T*"] = unsafe_direction(unsafe_image, safe_text, unsafe_text, ks, chunk_size=chunk_size)
+    elif unsafe_text is not None or unsafe_image is not None:
+        given = "unsafe_text" if unsafe_text is not None else "unsafe_image"
+        warnings.warn(f"safe_clip_protocol: only {given} given; both unsafe directions need unsafe_text and "
+                      "unsafe_image (each gallery holds the other modality's unsafe items), so they are omitted",
                       stacklevel=2)
     return out
 

@@ -50,15 +50,15 @@ def safeground_from_similarities(s_ts_is: torch.Tensor, s_ts_iu: torch.Tensor, s
     return {k: float(v.double().mean() * 100) for k, v in flags.items()}
 
 
-def safeground(text_safe: torch.Tensor, text_unsafe: torch.Tensor, image_safe: torch.Tensor,
-               image_unsafe: torch.Tensor) -> dict[str, float]:
+def safeground(safe_text: torch.Tensor, unsafe_text: torch.Tensor, safe_image: torch.Tensor,
+               unsafe_image: torch.Tensor) -> dict[str, float]:
     """SafeGround on N aligned tuples; each input is ``(N, D)`` (row i of each = tuple i)."""
-    n = text_safe.shape[0]
-    for name, x in (("text_unsafe", text_unsafe), ("image_safe", image_safe), ("image_unsafe", image_unsafe)):
-        if x.shape != text_safe.shape:
-            raise ValueError(f"safeground: {name} has shape {tuple(x.shape)} but text_safe has {tuple(text_safe.shape)}; "
+    n = safe_text.shape[0]
+    for name, x in (("unsafe_text", unsafe_text), ("safe_image", safe_image), ("unsafe_image", unsafe_image)):
+        if x.shape != safe_text.shape:
+            raise ValueError(f"safeground: {name} has shape {tuple(x.shape)} but safe_text has {tuple(safe_text.shape)}; "
                              "the four embeddings must be aligned (N, D) tensors")
     if n == 0:
         raise ValueError("safeground: no tuples given")
-    return safeground_from_similarities(_rowwise_cos(text_safe, image_safe), _rowwise_cos(text_safe, image_unsafe),
-                                        _rowwise_cos(text_unsafe, image_safe), _rowwise_cos(text_unsafe, image_unsafe))
+    return safeground_from_similarities(_rowwise_cos(safe_text, safe_image), _rowwise_cos(safe_text, unsafe_image),
+                                        _rowwise_cos(unsafe_text, safe_image), _rowwise_cos(unsafe_text, unsafe_image))

@@ -1,7 +1,7 @@
 """The SafeR-CLIP "T*->V" retrieval protocol: unsafe text queries against a safe-only image gallery.
 
     from safeclip.eval.safer_protocol import safer_t2v
-    safer_t2v(text_unsafe, image_safe)   # {"R@1": %, "R@5": %, "R@10": %}
+    safer_t2v(unsafe_text, safe_image)   # {"R@1": %, "R@5": %, "R@10": %}
 
 Query i is the unsafe caption t*_i, the gallery holds the N safe images v_1..v_N only (no unsafe
 images, unlike the Safe-CLIP protocol's V+V* gallery), and the ground truth is v_i, the image paired
@@ -24,10 +24,10 @@ PROTOCOL = "safer-clip T*->V: unsafe text queries, safe-only image gallery, grou
 SAFER_KS = (1, 5, 10)
 
 
-def safer_t2v(text_unsafe: torch.Tensor, image_safe: torch.Tensor, ks: Sequence[int] = SAFER_KS) -> dict[str, float]:
-    """R@k (percent) of ``text_unsafe (N, D)`` queries against ``image_safe (N, D)``; target of row i is row i."""
-    if text_unsafe.shape[0] != image_safe.shape[0]:
-        raise ValueError(f"safer_t2v: {text_unsafe.shape[0]} unsafe texts but {image_safe.shape[0]} safe images; "
+def safer_t2v(unsafe_text: torch.Tensor, safe_image: torch.Tensor, ks: Sequence[int] = SAFER_KS) -> dict[str, float]:
+    """R@k (percent) of ``unsafe_text (N, D)`` queries against ``safe_image (N, D)``; target of row i is row i."""
+    if unsafe_text.shape[0] != safe_image.shape[0]:
+        raise ValueError(f"safer_t2v: {unsafe_text.shape[0]} unsafe texts but {safe_image.shape[0]} safe images; "
                          "they must be aligned pairs (row i of each from the same record)")
-    recalls = recall_at_k(text_unsafe, image_safe, torch.arange(text_unsafe.shape[0]), ks)
+    recalls = recall_at_k(unsafe_text, safe_image, torch.arange(unsafe_text.shape[0]), ks)
     return {f"R@{k}": v for k, v in recalls.items()}

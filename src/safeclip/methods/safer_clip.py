@@ -142,25 +142,25 @@ def relative_redirection(query: torch.Tensor, own_unsafe_ref: torch.Tensor, targ
     return F.softplus(scale * (neg - pos)).mean()
 
 
-def safer_clip_terms(*, text_safe, text_unsafe, image_safe, image_unsafe, ref: dict[str, torch.Tensor],
+def safer_clip_terms(*, safe_text, unsafe_text, safe_image, unsafe_image, ref: dict[str, torch.Tensor],
                      cfg: SaferClipConfig) -> dict[str, torch.Tensor]:
     """Named loss terms and their weighted ``"total"`` for one batch.
 
     Trainable embeddings ``(B, D)``: T(t), T(t*), V(v), V(v*). ``ref`` holds the frozen ``(B, D)`` rows:
-    ``text_safe`` T0(t), ``image_safe`` V0(v), ``text_unsafe`` T0(t*), ``image_unsafe`` V0(v*),
+    ``safe_text`` T0(t), ``safe_image`` V0(v), ``unsafe_text`` T0(t*), ``unsafe_image`` V0(v*),
     ``text_target`` T0(t^), ``image_target`` V0(v^). The relative term's negative is T(t*)/V(v*)
     (``cfg.negative == "trained"``) or the frozen T0(t*)/V0(v*) (``"frozen"``).
     """
-    own_text, own_image = ((text_unsafe, image_unsafe) if cfg.negative == "trained"
-                           else (ref["text_unsafe"], ref["image_unsafe"]))
+    own_text, own_image = ((unsafe_text, unsafe_image) if cfg.negative == "trained"
+                           else (ref["unsafe_text"], ref["unsafe_image"]))
     terms = {
-        "relative": relative_redirection(image_unsafe, own_text, ref["text_target"], cfg.relative_scale)
-        + relative_redirection(text_unsafe, own_image, ref["image_target"], cfg.relative_scale),
-        "unimodal": -F.cosine_similarity(text_unsafe.float(), ref["text_target"].float(), dim=-1).mean()
-        - F.cosine_similarity(image_unsafe.float(), ref["image_target"].float(), dim=-1).mean(),
-        "preservation_cosine": preservation_cosine_loss(text_safe, ref["text_safe"], image_safe, ref["image_safe"]),
-        "preservation_contrastive": preservation_contrastive_loss(text_safe, ref["image_safe"], image_safe,
-                                                                  ref["text_safe"], cfg.temperature),
+        "relative": relative_redirection(unsafe_image, own_text, ref["text_target"], cfg.relative_scale)
+        + relative_redirection(unsafe_text, own_image, ref["image_target"], cfg.relative_scale),
+        "unimodal": -F.cosine_similarity(unsafe_text.float(), ref["text_target"].float(), dim=-1).mean()
+        - F.cosine_similarity(unsafe_image.float(), ref["image_target"].float(), dim=-1).mean(),
+        "preservation_cosine": preservation_cosine_loss(safe_text, ref["safe_text"], safe_image, ref["safe_image"]),
+        "preservation_contrastive": preservation_contrastive_loss(safe_text, ref["safe_image"], safe_image,
+                                                                  ref["safe_text"], cfg.temperature),
     }
     weights = {"relative": cfg.relative_weight, "unimodal": cfg.unimodal_weight,
                "preservation_cosine": cfg.preservation_cosine, "preservation_contrastive": cfg.preservation_contrastive}
@@ -244,8 +244,8 @@ def run_safer_clip(inputs: MethodInputs) -> ClipBundle:
             for batch in loader:
                 b = batch["index"]
                 batch = {k: v.to(device) for k, v in batch.items()}
-                frozen = {"text_safe": ref["safe_text"][b], "image_safe": ref["safe_image"][b],
-                          "text_unsafe": ref["unsafe_text"][b], "image_unsafe": ref["unsafe_image"][b],
+                frozen = {"safe_text": ref["safe_text"][b], "safe_image": ref["safe_image"][b],
+                          "unsafe_text": ref["unsafe_text"][b], "unsafe_image": ref["unsafe_image"][b],
                           "text_target": ref["safe_text"][ref["text_target"][b]],
                           "image_target": ref["safe_image"][ref["image_target"][b]]}
                 frozen = {k: v.to(device) for k, v in frozen.items()}
@@ -254,8 +254,8 @@ def run_safer_clip(inputs: MethodInputs) -> ClipBundle:
                 mask = torch.cat([batch["safe_attention_mask"], batch["unsafe_attention_mask"]])
                 text_emb = encode_token_batch(text, ids, mask)  # (2B, D): safe then unsafe
                 image_emb = encode_pixel_batch(vision, torch.cat([batch["safe_pixels"], batch["unsafe_pixels"]]))
-                terms = safer_clip_terms(text_safe=text_emb[:n], text_unsafe=text_emb[n:], image_safe=image_emb[:n],
-                                         image_unsafe=image_emb[n:], ref=frozen, cfg=cfg)
+                terms = safer_clip_terms(safe_text=text_emb[:n], unsafe_text=text_emb[n:], safe_image=image_emb[:n],
+                                         unsafe_image=image_emb[n:], ref=frozen, cfg=cfg)
                 optimizer.zero_grad(set_to_none=True)
                 terms["total"].backward()
                 optimizer.step()
