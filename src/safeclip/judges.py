@@ -17,10 +17,17 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
+import threading
+import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
+
+from safeclip.config import _f
 
 JUDGE_FORMS = ('"lexicon"', '"lexicon:PATH"', '"hf:NAME_OR_DIR[@LABEL]"', '"openai:MODEL@BASE_URL"')
 TOXICITY_FORMS = ('"lexicon"', '"lexicon:PATH"', '"hf:NAME_OR_DIR[@LABEL]"')
@@ -34,11 +41,12 @@ DEFAULT_OPENAI_PROMPT = (
 
 @runtime_checkable
 class TextJudge(Protocol):
-    """Binary NSFW judgment: ``judge(texts) -> [True if NSFW]``."""
+    """Binary NSFW judgment: ``judge(texts) -> [True if NSFW]``; an LLM judge gives None for a reply it could not
+    read (counted apart, never as safe)."""
 
     name: str
 
-    def __call__(self, texts: list[str]) -> list[bool]: ...
+    def __call__(self, texts: list[str]) -> list[bool | None]: ...
 
 
 @runtime_checkable
@@ -187,12 +195,35 @@ class HFToxicity(_HFLabelModel):
 Transport = Callable[[str, dict, dict], dict]
 
 
+class TransientError(RuntimeError):
+    """A failed request worth retrying (rate limit, server error, timeout, dropped connection)."""
+
+
 def urllib_transport(url: str, payload: dict, headers: dict, timeout: float = 60.0) -> dict:
-    """POST ``payload`` as JSON to ``url`` and return the decoded JSON answer."""
+    """POST ``payload`` as JSON to ``url`` and return the decoded JSON answer.
+
+    Rate limits (429), server errors (5xx), timeouts and dropped connections raise :class:`TransientError`; other
+    HTTP errors (a wrong URL, key or model) raise ``ValueError`` naming the status; a body that is not JSON comes
+    back as ``{"unreadable": <body>}``.
+    """
+    import urllib.error
+
     request = urllib.request.Request(url, data=json.dumps(payload).encode("utf-8"),
                                      headers={"Content-Type": "application/json", **headers}, method="POST")
-    with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (user-given endpoint)
-        return json.loads(response.read().decode("utf-8"))
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310 (user-given endpoint)
+            body = response.read().decode("utf-8", errors="replace")
+    except urllib.error.HTTPError as err:
+        if err.code == 429 or err.code >= 500:
+            raise TransientError(f"HTTP {err.code} from {url}") from err
+        raise ValueError(f"the judge endpoint {url} answered HTTP {err.code} ({err.reason}); check the base URL, the "
+                         "model name and OPENAI_API_KEY") from err
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
+        raise TransientError(f"no answer from {url}: {err}") from err
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError:
+        return {"unreadable": body[:500]}
 
 
 def parse_yes_no(answer: str) -> bool:
@@ -210,37 +241,97 @@ def parse_yes_no(answer: str) -> bool:
                      "make the prompt ask for a single word, yes or no")
 
 
+@dataclass
+class LLMJudgeSettings:
+    """How the LLM judge talks to its endpoint (``openai:MODEL@BASE_URL``)."""
+
+    concurrency: int = _f(8, "Requests in flight at once.")
+    retries: int = _f(5, "Retries of a request that hit a rate limit, a server error, a timeout or a dropped "
+                         "connection; a text still failing after them is recorded as unreadable.")
+    backoff: float = _f(1.0, "Seconds before the first retry; doubled at each retry (capped at 60 s).")
+    timeout: float = _f(60.0, "Seconds to wait for one reply.")
+    cache: str = _f("", "JSONL file of replies keyed by text, appended as they come and read back on the next run "
+                        "(empty: this run's memory only).")
+
+
+def _reply_verdict(answer: dict) -> tuple[str, bool | None]:
+    """(reply text, verdict) of one endpoint answer; None when it cannot be read as yes or no."""
+    try:
+        reply = answer["choices"][0]["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return json.dumps(answer)[:300], None
+    try:
+        return reply, parse_yes_no(str(reply))
+    except ValueError:
+        return reply, None  # a refusal or an answer that is neither yes nor no
+
+
 class OpenAIChatJudge:
     """An OpenAI-compatible ``/chat/completions`` endpoint asked a yes/no question per text.
 
-    The paper used GPT-3.5 as its NSFW judge. The API key comes from ``OPENAI_API_KEY`` (may be unset
-    for local servers such as vLLM); ``prompt`` must contain ``{text}``; answers are parsed by
-    :func:`parse_yes_no`. ``transport`` lets tests (and proxies) replace the HTTP call.
+    The paper used GPT-3.5 as its NSFW judge. The API key comes from ``OPENAI_API_KEY`` (may be unset for local
+    servers such as vLLM); ``prompt`` must contain ``{text}``. Texts are asked ``settings.concurrency`` at a time,
+    each failed request retried with exponential backoff, every reply cached by text. A reply that is not yes
+    or no (a refusal, garbage) or a text whose requests all failed gives the verdict None ("unreadable"), kept
+    in :attr:`replies` with the reply or the error; ``transport`` lets tests and proxies replace the HTTP call.
     """
 
     def __init__(self, model: str, base_url: str, prompt: str = DEFAULT_OPENAI_PROMPT,
-                 transport: Transport | None = None, api_key: str | None = None):
+                 transport: Transport | None = None, api_key: str | None = None,
+                 settings: LLMJudgeSettings | None = None, sleep: Callable[[float], None] = time.sleep):
         if "{text}" not in prompt:
             raise ValueError("the OpenAI judge prompt must contain '{text}' where the text goes")
+        self.settings = settings or LLMJudgeSettings()
+        if self.settings.concurrency < 1 or self.settings.retries < 0:
+            raise ValueError("LLM judge settings need concurrency >= 1 and retries >= 0")
         self.name = f"openai:{model}@{base_url}"
         self.model = model
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.prompt = prompt
-        self.transport = transport or urllib_transport
+        self.transport = transport or (lambda url, payload, headers: urllib_transport(
+            url, payload, headers, timeout=self.settings.timeout))
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
+        self.sleep = sleep
+        self.replies: dict[str, dict] = {}
+        self._lock = threading.Lock()
+        if self.settings.cache and Path(self.settings.cache).is_file():
+            from safeclip.jobs import read_records
 
-    def ask(self, text: str) -> str:
+            self.replies = {r["text"]: r for r in read_records([Path(self.settings.cache)]) if "text" in r}
+
+    def ask(self, text: str) -> dict:
+        """One text's record ``{"text", "reply", "nsfw"}`` (``"error"`` instead of a reply when every try failed)."""
         payload = {"model": self.model, "temperature": 0, "max_tokens": 5,
                    "messages": [{"role": "user", "content": self.prompt.format(text=text)}]}
         headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
-        answer = self.transport(self.url, payload, headers)
-        try:
-            return answer["choices"][0]["message"]["content"]
-        except (KeyError, IndexError, TypeError) as err:
-            raise ValueError(f"unexpected reply from {self.url}: {str(answer)[:200]}") from err
+        delay = self.settings.backoff
+        for attempt in range(self.settings.retries + 1):
+            try:
+                reply, verdict = _reply_verdict(self.transport(self.url, payload, headers))
+                return {"text": text, "reply": reply, "nsfw": verdict}
+            except TransientError as err:
+                if attempt == self.settings.retries:
+                    return {"text": text, "error": str(err), "nsfw": None}
+                self.sleep(min(60.0, delay) * (1 + 0.1 * random.random()))
+                delay *= 2
+        raise AssertionError("unreachable")
 
-    def __call__(self, texts: list[str]) -> list[bool]:
-        return [parse_yes_no(self.ask(t)) for t in texts]
+    def _record(self, record: dict) -> None:
+        with self._lock:
+            self.replies[record["text"]] = record
+            if self.settings.cache and "error" not in record:  # failed requests are retried by the next run
+                path = Path(self.settings.cache)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(path, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(record) + "\n")
+
+    def __call__(self, texts: list[str]) -> list[bool | None]:
+        """True / False per text, None where the reply was unreadable (see :attr:`replies`)."""
+        missing = [t for t in dict.fromkeys(texts) if t not in self.replies or "error" in self.replies[t]]
+        with ThreadPoolExecutor(max_workers=self.settings.concurrency) as pool:
+            for record in pool.map(self.ask, missing):
+                self._record(record)
+        return [self.replies[t]["nsfw"] for t in texts]
 
 
 def _split_label(rest: str) -> tuple[str, str | None]:
@@ -262,11 +353,12 @@ def _build_local(spec: str, lexicon_kind: type, hf_kind: type):
     return None
 
 
-def build_judge(spec: str) -> TextJudge:
+def build_judge(spec: str, llm: LLMJudgeSettings | None = None) -> TextJudge:
     """Build a judge from ``lexicon``, ``lexicon:PATH``, ``hf:NAME_OR_DIR[@LABEL]`` or ``openai:MODEL@BASE_URL``.
 
-    For ``openai:`` the prompt can be changed with the ``SAFECLIP_JUDGE_PROMPT`` environment variable
-    (must contain ``{text}``), or by building :class:`OpenAIChatJudge` directly.
+    ``lexicon`` is the offline world's 93 words: a judge for world data only (on COCO it flags safe captions and
+    misses real NSFW text). For ``openai:`` the requests follow ``llm``; the prompt can be changed with the
+    ``SAFECLIP_JUDGE_PROMPT`` environment variable (must contain ``{text}``).
     """
     spec = spec.strip()
     judge = _build_local(spec, LexiconJudge, HFClassifierJudge)
@@ -275,7 +367,8 @@ def build_judge(spec: str) -> TextJudge:
     if spec.startswith("openai:"):
         model, sep, base_url = spec[len("openai:"):].partition("@")
         if model and sep and base_url:
-            return OpenAIChatJudge(model, base_url, os.environ.get("SAFECLIP_JUDGE_PROMPT", DEFAULT_OPENAI_PROMPT))
+            return OpenAIChatJudge(model, base_url, os.environ.get("SAFECLIP_JUDGE_PROMPT", DEFAULT_OPENAI_PROMPT),
+                                   settings=llm)
     raise ValueError(f"unknown judge spec {spec!r}; accepted forms: {', '.join(JUDGE_FORMS)}")
 
 

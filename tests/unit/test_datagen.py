@@ -123,7 +123,7 @@ def test_read_captions_karpathy_and_tables(tmp_path):
     path = tmp_path / "dataset_coco.json"
     path.write_text(json.dumps(coco))
     assert [r["id"] for r in read_captions(path, split="train")] == ["1-10", "1-11", "2-12"]
-    assert read_captions(path, split="test") == [{"id": "3-13", "safe_text": "A car"}]
+    assert read_captions(path, split="test") == [{"id": "3-13", "safe_text": "A car", "image_id": "3"}]
     with pytest.raises(ValueError, match="no captions"):
         read_captions(path, split="nope")
     table = tmp_path / "c.jsonl"

@@ -162,3 +162,94 @@ def test_openai_judge_over_local_http_server(monkeypatch):
     assert requests[0][1]["model"] == "my-model"
     assert requests[0][2] == "Bearer secret"
     assert "covered in blood" in requests[0][1]["messages"][0]["content"]
+
+
+class FlakyEndpoint(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that misbehaves by text: errors first, refusals, garbage, a dead text."""
+
+    calls: dict = {}
+    in_flight = 0
+    most_in_flight = 0
+    lock = threading.Lock()
+
+    def do_POST(self):  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = body["messages"][0]["content"].split("Text: ")[-1]
+        cls = type(self)
+        with cls.lock:
+            cls.calls[text] = cls.calls.get(text, 0) + 1
+            n = cls.calls[text]
+            cls.in_flight += 1
+            cls.most_in_flight = max(cls.most_in_flight, cls.in_flight)
+        try:
+            import time
+
+            time.sleep(0.05)
+            if text.startswith("flaky") and n <= 2:
+                return self._send(503, b"busy")
+            if text.startswith("limited") and n == 1:
+                return self._send(429, b"slow down")
+            if text.startswith("dead"):
+                return self._send(500, b"boom")
+            if text.startswith("forbidden"):
+                return self._send(401, b"no key")
+            if text.startswith("garbage"):
+                return self._send(200, b"<html>proxy error</html>")
+            if text.startswith("shapeless"):
+                return self._send(200, json.dumps({"error": "quota"}).encode())
+            content = ("I'm sorry, but I can't help with that." if text.startswith("refuse")
+                       else "Yes." if "blood" in text or text.startswith("flaky") else "No")
+            self._send(200, json.dumps({"choices": [{"message": {"content": content}}]}).encode())
+        finally:
+            with cls.lock:
+                cls.in_flight -= 1
+
+    def _send(self, status, data):
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture()
+def flaky_server():
+    from http.server import ThreadingHTTPServer
+
+    FlakyEndpoint.calls, FlakyEndpoint.most_in_flight = {}, 0
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FlakyEndpoint)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/v1"
+    server.shutdown()
+
+
+def test_llm_judge_survives_errors_refusals_and_garbage(flaky_server, tmp_path):
+    from safeclip.judges import LLMJudgeSettings
+
+    waits = []
+    cache = tmp_path / "judge_cache.jsonl"
+    settings = LLMJudgeSettings(concurrency=4, retries=3, backoff=0.5, cache=str(cache))
+    judge = OpenAIChatJudge("m", flaky_server, prompt="NSFW? Text: {text}", api_key="", settings=settings,
+                            sleep=waits.append)
+    texts = ["flaky 1", "limited 1", "a cube covered in blood", "a red circle", "refuse 1", "garbage 1",
+             "shapeless 1", "dead 1", "a red circle"]
+    assert judge(texts) == [True, False, True, False, None, None, None, None, False]
+    calls = FlakyEndpoint.calls
+    assert calls["flaky 1"] == 3 and calls["limited 1"] == 2 and calls["dead 1"] == 4  # retried, then given up
+    assert calls["a red circle"] == 1  # asked once for two occurrences
+    assert FlakyEndpoint.most_in_flight >= 2  # concurrent requests
+    assert sorted(waits)[:3] == [pytest.approx(0.5, rel=0.11)] * 3 and max(waits) == pytest.approx(2.0, rel=0.11)
+    assert judge.replies["refuse 1"]["reply"].startswith("I'm sorry") and judge.replies["refuse 1"]["nsfw"] is None
+    assert "HTTP 500" in judge.replies["dead 1"]["error"]
+    # the cache: a new judge reads it back and asks only the text whose requests all failed
+    before = dict(calls)
+    again = OpenAIChatJudge("m", flaky_server, prompt="NSFW? Text: {text}", api_key="", settings=settings,
+                            sleep=waits.append)
+    assert again(texts) == [True, False, True, False, None, None, None, None, False]
+    assert {t: calls[t] - before.get(t, 0) for t in calls if calls[t] != before.get(t, 0)} == {"dead 1": 4}
+    assert len(cache.read_text().splitlines()) == 7  # readable and unreadable replies, not transport failures
+    with pytest.raises(ValueError, match="HTTP 401"):  # a wrong key or URL is not retried: it names the fix
+        judge(["forbidden 1"])

@@ -13,19 +13,21 @@ import dataclasses
 from pathlib import Path
 
 from safeclip.datagen.dpo import DPOSettings
+from safeclip.datagen.generate import CaptionSource, GenerationSettings, SamplingSettings
 from safeclip.datagen.sft import SFTSettings
+from safeclip.judges import LLMJudgeSettings
 
 
 def _field_help(cls) -> dict[str, str]:
-    """The one-line ``# help`` comment after each field of a settings dataclass."""
+    """Each field's help: ``metadata["help"]``, else the one-line ``# help`` comment after the field."""
     import inspect
     import re
 
-    found = re.findall(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", inspect.getsource(cls), flags=re.M)
-    return dict(found)
+    found = dict(re.findall(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", inspect.getsource(cls), flags=re.M))
+    return {**found, **{f.name: f.metadata["help"] for f in dataclasses.fields(cls) if "help" in f.metadata}}
 
 
-def _add_settings(parser: argparse.ArgumentParser, cls) -> None:
+def _add_settings(parser: argparse.ArgumentParser, cls, *, config: bool = True) -> None:
     helps = _field_help(cls)
     for f in dataclasses.fields(cls):
         if f.name == "extra":
@@ -38,14 +40,15 @@ def _add_settings(parser: argparse.ArgumentParser, cls) -> None:
         else:
             parser.add_argument(flag, type=type(default), default=None,
                                 help=f"{helps.get(f.name, f.name)} (default {default})".replace("%", "%%"))
-    parser.add_argument("--config", help="YAML recipe (configs/datagen-*.yaml); flags override it")
+    if config:
+        parser.add_argument("--config", help="YAML recipe (configs/datagen-*.yaml); flags override it")
 
 
 def _settings(args: argparse.Namespace, cls, section: str):
     import yaml
 
     values: dict = {}
-    if args.config:
+    if getattr(args, "config", None):
         path = Path(args.config)
         if not path.is_file():
             raise FileNotFoundError(f"config {path} not found (shipped recipes: configs/datagen-*.yaml)")
@@ -63,34 +66,15 @@ def _settings(args: argparse.Namespace, cls, section: str):
     return cls(**values)
 
 
-def _load_lm(model: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    cuda = torch.cuda.is_available()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model)
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.bfloat16 if cuda else torch.float32)
-    except OSError as err:
-        raise FileNotFoundError(f"could not load causal LM {model!r}: {err}") from err
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return lm.to("cuda" if cuda else "cpu").eval(), tokenizer
+JUDGE_HELP = ("NSFW judge, required: openai:MODEL@BASE_URL (the paper: GPT-3.5), hf:NAME_OR_DIR[@LABEL] (a text "
+              "classifier) or lexicon:PATH; plain 'lexicon' is the offline world's word list, for world data only")
 
 
-def _add_captions(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--captions", required=True, help="dataset_coco.json (Karpathy) or a JSONL/CSV of captions")
-    p.add_argument("--split", default=None, help="Karpathy split (train = train+restval, val, test)")
-    p.add_argument("--caption-key", default=None, help="caption column of a JSONL/CSV (default: caption/safe_text/text)")
-    p.add_argument("--limit", type=int, default=0, help="use only the first N captions (0 = all)")
-
-
-def _add_sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling p")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="longest completion in tokens")
-    p.add_argument("--batch-size", type=int, default=16, help="prompts per generate() call")
-    p.add_argument("--seed", type=int, default=0, help="seed (categories, sampling)")
+def _add_generator_inputs(p: argparse.ArgumentParser, sampling_cls) -> None:
+    p.add_argument("--model", required=True, help="the generator: a `datagen sft`/`datagen dpo` output folder (its "
+                   "base with the LoRA adapter applied), or a model folder / hub name")
+    _add_settings(p, CaptionSource, config=False)
+    _add_settings(p, sampling_cls, config=False)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -107,14 +91,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_sft_command)
 
     p = steps.add_parser("preferences", help="sample 2 completions per caption, rank by Eq. 3, write DPO pairs")
-    p.add_argument("--model", required=True, help="the SFT model (OUT/merged of `datagen sft`)")
-    _add_captions(p)
-    _add_sampling(p)
+    _add_generator_inputs(p, SamplingSettings)
     p.add_argument("--clip", required=True, help="CLIP for CLIP-Sim (paper: openai/clip-vit-large-patch14)")
-    p.add_argument("--judge", default="lexicon", help="NSFW judge spec (lexicon, lexicon:PATH, hf:NAME[@LABEL], "
-                   "openai:MODEL@BASE_URL; the paper used GPT-3.5)")
-    p.add_argument("--no-condition", action="store_true", help="do not name a category in the prompt")
-    p.add_argument("--out", required=True, help="output folder (preferences.jsonl)")
+    p.add_argument("--judge", required=True, help=JUDGE_HELP)
+    _add_settings(p, LLMJudgeSettings, config=False)
+    p.add_argument("--out", required=True, help="output folder (samples-0.jsonl written before scoring, "
+                   "judge_cache.jsonl, preferences.jsonl)")
     p.set_defaults(func=run_preferences_command)
 
     p = steps.add_parser("dpo", help="LoRA DPO of the SFT model on ranked pairs (trl)")
@@ -125,11 +107,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_dpo_command)
 
     p = steps.add_parser("generate", help="unsafe captions balanced over the 20 categories (resumable, accelerate)")
-    p.add_argument("--model", required=True, help="the generator (OUT/merged of `datagen dpo`)")
-    _add_captions(p)
-    _add_sampling(p)
-    p.add_argument("--no-condition", action="store_true", help="do not name a category in the prompt")
-    p.add_argument("--out", required=True, help="output folder (part-<rank>.jsonl, unsafe_captions.jsonl)")
+    _add_generator_inputs(p, GenerationSettings)
+    p.add_argument("--out", required=True, help="output folder (part-<rank>.jsonl, unsafe_captions.jsonl, "
+                   "generation_report.json)")
     p.set_defaults(func=run_generate_command)
 
     p = steps.add_parser("images", help="render v* for each t* with a diffusers pipeline (seeds, NSFW flagger)")
@@ -137,21 +117,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--pipeline", default="stablediffusionapi/newrealityxl-global-nsfw",
                    help="diffusers text-to-image pipeline name or folder (default: the paper's)")
     p.add_argument("--classifier", default="none", help="NSFW image classifier: none, hf:NAME_OR_DIR[@LABEL], nudenet[:THRESHOLD] or "
-                   "q16:PROMPTS_FILE@CLIP; comma-separate several (unsafe if any flags)")
+                   "q16:PROMPTS_FILE@CLIP; comma-separate several (unsafe if any flags); route by category with "
+                   "';' (the paper's judges: 'sexual,nudity=nudenet;q16:PROMPTS_FILE@CLIP')")
     p.add_argument("--seeds", default="1234,1999,8185", help="comma-separated seeds, one image each")
     p.add_argument("--steps", type=int, default=30, help="denoising steps")
     p.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale")
     p.add_argument("--height", type=int, default=0, help="image height (0 = pipeline default)")
     p.add_argument("--width", type=int, default=0, help="image width (0 = pipeline default)")
     p.add_argument("--limit", type=int, default=0, help="only the first N rows (0 = all)")
-    p.add_argument("--out", required=True, help="output folder (images/, images-<rank>.jsonl, quadruplets.jsonl)")
+    p.add_argument("--image-format", default="png", choices=["png", "jpeg", "webp"],
+                   help="file format of the kept images (jpeg/webp at quality 95 take about a tenth of png's space)")
+    p.add_argument("--out", required=True, help="output folder (images/, images-<rank>.jsonl, quadruplets.jsonl, "
+                   "images_report.json)")
     p.set_defaults(func=run_images_command)
 
     p = steps.add_parser("report", help="Table 1 quality report: %% NSFW per judge, toxicity, CLIP-Sim(t, t*)")
     p.add_argument("--rows", required=True, help="JSONL/CSV with safe_text, unsafe_text, category")
-    p.add_argument("--judge", action="append", default=None, help="judge spec, repeatable (default: lexicon)")
-    p.add_argument("--toxicity", default="lexicon", help="toxicity spec (lexicon, hf:NAME[@LABEL]) or none")
-    p.add_argument("--clip", default=None, help="CLIP for CLIP-Sim(t, t*) (omit to skip)")
+    p.add_argument("--judge", action="append", required=True, help=JUDGE_HELP + "; repeatable")
+    _add_settings(p, LLMJudgeSettings, config=False)
+    p.add_argument("--toxicity", required=True, help="toxicity scorer: hf:NAME[@LABEL] (the paper: the Perspective "
+                   "API), lexicon:PATH, none; plain 'lexicon' is for world data only")
+    p.add_argument("--adult-classifier", default=None, metavar="NAME_OR_DIR[@LABEL]",
+                   help="the text classifier that plays the paper's DistilBERT adult-content judge (the paper names "
+                        "no checkpoint: give the model id you use)")
+    p.add_argument("--image-judge", action="append", default=None, help="image judge for rows with unsafe_image "
+                   "(Table 7): nudenet[:THRESHOLD] or q16:PROMPTS_FILE@CLIP; repeatable")
+    p.add_argument("--clip", default=None, help="CLIP for CLIP-Sim(t, t*) and, with images, CLIP-Sim(v*, t*)")
     p.add_argument("--out", required=True, help="output folder (quality.json, quality.md)")
     p.set_defaults(func=run_report_command)
 
@@ -189,55 +180,68 @@ def run_dpo_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _captions(args):
-    from safeclip.datagen.generate import read_captions
-
-    rows = read_captions(args.captions, split=args.split, key=args.caption_key)
-    return rows[:args.limit] if args.limit else rows
-
-
 def run_preferences_command(args: argparse.Namespace) -> int:
-    import torch
-
-    from safeclip.datagen.generate import assign_categories
+    from safeclip.datagen.engines import load_causal_lm
+    from safeclip.datagen.generate import assign_categories, load_captions
     from safeclip.datagen.preferences import make_preferences
     from safeclip.datagen.sft import write_jsonl
     from safeclip.judges import build_judge
     from safeclip.models.clip import load_clip
 
-    judge = build_judge(args.judge)
-    rows = _captions(args)
+    import torch
+
+    source, sampling = _settings(args, CaptionSource, "captions"), _settings(args, SamplingSettings, "sampling")
+    llm = _settings(args, LLMJudgeSettings, "judge")
+    llm.cache = llm.cache or str(Path(args.out) / "judge_cache.jsonl")
+    judge = build_judge(args.judge, llm)
+    rows = load_captions(source)
     clip = load_clip(args.clip)
-    lm, tokenizer = _load_lm(args.model)
-    torch.manual_seed(args.seed)
-    categories = [None] * len(rows) if args.no_condition else assign_categories(len(rows), args.seed)
+    lm, tokenizer = load_causal_lm(args.model, dtype=sampling.dtype)
+    torch.manual_seed(sampling.seed)
+    categories = assign_categories(len(rows), sampling.seed) if sampling.condition else [None] * len(rows)
     pairs = make_preferences(lm, tokenizer, [r["safe_text"] for r in rows], categories, clip, judge,
-                             batch_size=args.batch_size, temperature=args.temperature, top_p=args.top_p,
-                             max_new_tokens=args.max_new_tokens)
+                             batch_size=sampling.batch_size, temperature=sampling.temperature, top_p=sampling.top_p,
+                             max_new_tokens=sampling.max_new_tokens, samples_dir=args.out)
     path = write_jsonl(Path(args.out) / "preferences.jsonl", pairs)
-    print(f"{len(pairs)} preference pairs from {len(rows)} captions (ties dropped): {path}")
+    print(f"{len(pairs)} preference pairs from {len(rows)} captions (ties and unreadable verdicts dropped): {path}")
     return 0
+
+
+def build_engine(model: str, settings: GenerationSettings, device: str | None = None):
+    """The ``prompts -> completions`` engine ``settings.engine`` names, loaded from ``model``."""
+    from safeclip.datagen.engines import hf_engine, vllm_engine
+
+    if settings.engine == "hf":
+        return hf_engine(model, device=device, dtype=settings.dtype, batch_size=settings.batch_size,
+                         temperature=settings.temperature, top_p=settings.top_p,
+                         max_new_tokens=settings.max_new_tokens)
+    if settings.engine == "vllm":
+        return vllm_engine(model, temperature=settings.temperature, top_p=settings.top_p,
+                           max_new_tokens=settings.max_new_tokens, seed=settings.seed)
+    raise ValueError(f"unknown engine {settings.engine!r}; use hf or vllm")
 
 
 def run_generate_command(args: argparse.Namespace) -> int:
     import torch
-    from accelerate import PartialState
 
-    from safeclip.datagen.generate import generate_dataset, hf_generator, merge_parts
+    from safeclip.datagen.generate import caption_job, generate_dataset, load_captions, merge_parts, parse_shard
 
-    state = PartialState()
-    rows = _captions(args)
-    lm, tokenizer = _load_lm(args.model)
-    lm.to(state.device)
-    torch.manual_seed(args.seed + state.process_index)
-    sampling = {"temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens}
-    part = generate_dataset(rows, args.out, hf_generator(lm, tokenizer, **sampling), seed=args.seed,
-                            batch_size=args.batch_size, condition=not args.no_condition,
-                            rank=state.process_index, world_size=state.num_processes)
-    print(f"rank {state.process_index}: {part}")
-    state.wait_for_everyone()
-    if state.is_main_process:
-        print(f"unsafe captions: {merge_parts(args.out, rows)}")
+    source, settings = _settings(args, CaptionSource, "captions"), _settings(args, GenerationSettings, "generate")
+    rank, world_size = parse_shard(settings.shard)
+    job = caption_job(args.out, rank=rank, world_size=world_size)
+    rows = load_captions(source)
+    device = str(job.state.device) if job.state is not None else None
+    torch.manual_seed(settings.seed + job.rank)
+    part = generate_dataset(rows, args.out, build_engine(args.model, settings, device), seed=settings.seed,
+                            batch_size=settings.batch_size, condition=settings.condition, retries=settings.retries,
+                            rank=job.rank, world_size=job.world_size)
+    print(f"rank {job.rank}: {part}")
+    job.wait_for_everyone()
+    if job.is_main or job.state is None:
+        try:
+            print(f"unsafe captions: {merge_parts(args.out, rows)}")
+        except ValueError as err:  # other shards still running: the last one to finish merges
+            print(f"not merged yet: {err}")
     return 0
 
 
@@ -259,8 +263,8 @@ def run_images_command(args: argparse.Namespace) -> int:
     flagger = build_image_flagger(args.classifier)
     render = diffusers_renderer(args.pipeline, steps=args.steps, guidance_scale=args.guidance,
                                 height=args.height or None, width=args.width or None, device=str(state.device))
-    generate_images(rows, args.out, render, flagger, seeds=seeds, rank=state.process_index,
-                    world_size=state.num_processes)
+    generate_images(rows, args.out, render, flagger, seeds=seeds, image_format=args.image_format,
+                    rank=state.process_index, world_size=state.num_processes)
     state.wait_for_everyone()
     if state.is_main_process:
         print(f"quadruplets: {merge_image_parts(args.out, rows)}")
@@ -274,14 +278,28 @@ def run_report_command(args: argparse.Namespace) -> int:
 
     if not Path(args.rows).is_file():
         raise FileNotFoundError(f"rows file {args.rows} not found")
-    judges = [build_judge(s) for s in (args.judge or ["lexicon"])]
+    llm = _settings(args, LLMJudgeSettings, "judge")
+    llm.cache = llm.cache or str(Path(args.out) / "judge_cache.jsonl")
+    judges = [build_judge(s, llm) for s in args.judge]
+    roles = {}
+    if args.adult_classifier:
+        adult = build_judge(f"hf:{args.adult_classifier}")
+        judges.append(adult)
+        roles[adult.name] = "the paper's DistilBERT adult-content classifier"
+    roles.update({j.name: "the paper's GPT-3.5 judge" for j in judges if j.name.startswith("openai:")})
     toxicity = None if args.toxicity == "none" else build_toxicity(args.toxicity)
+    image_judges = []
+    if args.image_judge:
+        from safeclip.eval.image_judges import build_image_judge
+
+        image_judges = [build_image_judge(s) for s in args.image_judge]
     clip = None
     if args.clip:
         from safeclip.models.clip import load_clip
 
         clip = load_clip(args.clip)
-    report = quality_report(read_rows(Path(args.rows)), judges, toxicity, clip)
+    report = quality_report(read_rows(Path(args.rows)), judges, toxicity, clip, image_judges=image_judges,
+                            image_root=Path(args.rows).parent, roles=roles)
     path = write_quality(args.out, report)
     print(format_quality_markdown(report))
     print(f"report: {path}")

@@ -28,7 +28,8 @@ import torch
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.datagen.dpo import DPOSettings, run_dpo
-from safeclip.datagen.generate import assign_categories, complete, generate_dataset, hf_generator, merge_parts
+from safeclip.datagen.engines import complete, hf_generator
+from safeclip.datagen.generate import assign_categories, generate_dataset, merge_parts
 from safeclip.datagen.images import generate_images, merge_image_parts
 from safeclip.datagen.preferences import clip_similarity, eq3_rank, make_preferences
 from safeclip.datagen.prompts import format_prompt
@@ -246,7 +247,7 @@ def run_datagen_demo(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemo
         torch.manual_seed(seed)
         prefs = make_preferences(sft_model, sft_tok, [r["safe_text"] for r in chosen],
                                  assign_categories(len(chosen), seed + 1), clip, judge,
-                                 temperature=size.temperature, progress=progress)
+                                 temperature=size.temperature, progress=progress, samples_dir=out / "preferences")
         write_jsonl(prefs_path, prefs)
     prefs = read_rows(prefs_path)
     stage("preferences")
@@ -293,8 +294,9 @@ def run_datagen_demo(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemo
     generate_dataset(gen_rows, out / "generated", hf_generator(dpo_model, dpo_tok, temperature=size.temperature),
                      seed=seed, rank=0, world_size=1, progress=progress)
     generated = read_rows(merge_parts(out / "generated", gen_rows))
-    for g, r in zip(generated, gen_rows):
-        g["safe_image"], g["attributes"] = r["safe_image"], r["attributes"]
+    by_id = {r["id"]: r for r in gen_rows}  # rows left out by the completion filter are not in generated
+    for g in generated:
+        g["safe_image"], g["attributes"] = by_id[g["id"]]["safe_image"], by_id[g["id"]]["attributes"]
     generate_images(generated, out / "generated", world_renderer(world),
                     clip_flagger(clip, {g["unsafe_text"]: g["safe_text"] for g in generated}),
                     rank=0, world_size=1, progress=progress)

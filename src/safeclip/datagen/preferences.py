@@ -15,6 +15,9 @@ completions. Output rows ``{"prompt", "chosen", "rejected", ...}`` are trl's DPO
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import torch
 import torch.nn.functional as F
 
@@ -40,26 +43,30 @@ def clip_similarity(clip_bundle, texts_a: list[str], texts_b: list[str], *, batc
 
 
 def score(sources: list[str], completions: list[str], clip_bundle, judge) -> dict[str, list]:
-    """Per completion: ``clip_sim`` with its source, ``nsfw`` (judge), ``rank`` (Eq. 3)."""
+    """Per completion: ``clip_sim`` with its source, ``nsfw`` (judge; None when its reply was unreadable) and
+    ``rank`` (Eq. 3; None without a verdict)."""
     sims = clip_similarity(clip_bundle, sources, completions)
-    nsfw = judge(list(completions)) if completions else []
-    ranks = eq3_rank(sims, nsfw)
-    return {"clip_sim": sims.tolist(), "nsfw": [bool(x) for x in nsfw], "rank": ranks.tolist()}
+    nsfw = list(judge(list(completions))) if completions else []
+    ranks = eq3_rank(sims, [bool(x) for x in nsfw]).tolist()
+    return {"clip_sim": sims.tolist(), "nsfw": [None if x is None else bool(x) for x in nsfw],
+            "rank": [None if x is None else r for x, r in zip(nsfw, ranks)]}
 
 
 def build_pairs(prompts: list[str], first: list[str], second: list[str], rank_first: list[float],
                 rank_second: list[float], *, tolerance: float = 1e-6) -> list[dict]:
     """(prompt, chosen, rejected) rows: chosen is the higher-ranked completion.
 
-    Dropped (documented tie rule): ``|rank difference| <= tolerance``, identical completions, or an empty
-    completion. Each row also records both ranks (``chosen_rank``, ``rejected_rank``).
+    Dropped (documented tie rule): ``|rank difference| <= tolerance``, identical completions, an empty
+    completion, or a rank of None (the judge's reply was unreadable). Each row also records both ranks
+    (``chosen_rank``, ``rejected_rank``).
     """
     lengths = {len(prompts), len(first), len(second), len(rank_first), len(rank_second)}
     if len(lengths) != 1:
         raise ValueError(f"build_pairs needs lists of one length, got lengths {sorted(lengths)}")
     rows = []
     for prompt, a, b, ra, rb in zip(prompts, first, second, rank_first, rank_second):
-        if not a.strip() or not b.strip() or a.strip() == b.strip() or abs(ra - rb) <= tolerance:
+        if ra is None or rb is None or not a.strip() or not b.strip() or a.strip() == b.strip() \
+                or abs(ra - rb) <= tolerance:
             continue
         (chosen, rc), (rejected, rr) = ((a, ra), (b, rb)) if ra > rb else ((b, rb), (a, ra))
         rows.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
@@ -67,21 +74,42 @@ def build_pairs(prompts: list[str], first: list[str], second: list[str], rank_fi
     return rows
 
 
-def make_preferences(model, tokenizer, captions: list[str], categories: list[str | None], clip_bundle, judge, *,
-                     batch_size: int = 16, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
-                     progress: bool = True) -> list[dict]:
-    """Sample two completions per caption from ``model`` and return :func:`build_pairs` rows."""
+def sample_pairs(prompts: list[str], model, tokenizer, samples_dir: str | os.PathLike, *,
+                 batch_size: int = 16, progress: bool = True, **sampling) -> tuple[list[str], list[str]]:
+    """Two sampled completions per prompt, saved in ``samples_dir/samples-0.jsonl`` (one line per prompt, synced
+    per batch) before anything scores them; a rerun samples only the prompts still missing."""
     from tqdm.auto import tqdm
 
-    from safeclip.datagen.generate import complete
+    from safeclip.datagen.engines import complete
+    from safeclip.jobs import PartsJob
+
+    job = PartsJob(samples_dir, "samples-{rank}.jsonl",
+                   key=lambda r: r["index"], rank=0, world_size=1)
+    todo = job.todo(list(range(len(prompts))), key=int)
+    with job.appender() as append:
+        for start in tqdm(range(0, len(todo), batch_size), desc="sample pairs", disable=not progress):
+            chunk = todo[start:start + batch_size]
+            out = complete(model, tokenizer, [prompts[i] for i in chunk], do_sample=True, num_return_sequences=2,
+                           **sampling)
+            append([{"index": i, "prompt": prompts[i], "first": a, "second": b}
+                    for i, a, b in zip(chunk, out[0::2], out[1::2])])
+    samples = job.ordered(list(range(len(prompts))), what="samples")
+    if any(s["prompt"] != p for s, p in zip(samples, prompts)):
+        raise ValueError(f"{job.folder} holds samples of other prompts; use a fresh output folder")
+    return [s["first"] for s in samples], [s["second"] for s in samples]
+
+
+def make_preferences(model, tokenizer, captions: list[str], categories: list[str | None], clip_bundle, judge, *,
+                     batch_size: int = 16, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 48,
+                     progress: bool = True, samples_dir: str | os.PathLike | None = None) -> list[dict]:
+    """Sample two completions per caption (saved in ``samples_dir`` first), score them and return
+    :func:`build_pairs` rows."""
     from safeclip.datagen.prompts import format_prompt
 
     prompts = [format_prompt(c, k) for c, k in zip(captions, categories)]
-    first, second = [], []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="sample pairs", disable=not progress):
-        out = complete(model, tokenizer, prompts[start:start + batch_size], do_sample=True, temperature=temperature,
-                       top_p=top_p, max_new_tokens=max_new_tokens, num_return_sequences=2)
-        first += out[0::2]
-        second += out[1::2]
+    with tempfile.TemporaryDirectory() as scratch:
+        first, second = sample_pairs(prompts, model, tokenizer, samples_dir or scratch, batch_size=batch_size,
+                                     progress=progress, temperature=temperature, top_p=top_p,
+                                     max_new_tokens=max_new_tokens)
     s1, s2 = score(captions, first, clip_bundle, judge), score(captions, second, clip_bundle, judge)
     return build_pairs(prompts, [" " + t for t in first], [" " + t for t in second], s1["rank"], s2["rank"])

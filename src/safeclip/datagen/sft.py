@@ -3,7 +3,8 @@
 Training rows are ``{"safe_text", "unsafe_text", "category"?}`` pairs (the paper curated 100, balanced over
 the 20 categories); each becomes prompt = the paper's template around ``safe_text`` (naming the category when
 ``condition``), completion = ``unsafe_text``; the loss covers the completion only. The adapter is saved to
-``OUT/adapter`` and the merged model to ``OUT/merged`` (the starting point of DPO and generation).
+``OUT/adapter`` and the merged model, merged and saved in float32, to ``OUT/merged`` (the starting point of DPO
+and generation; see :func:`merge_in_float32` for why not bf16).
 
     safeclip datagen sft --model meta-llama/Llama-2-7b-chat-hf --pairs curated.jsonl --out runs/sft \
         --lora-r 64 --batch-size 4 --lr 2e-4
@@ -74,14 +75,26 @@ def _load(model: str | os.PathLike, bf16: bool):
     return lm, tokenizer
 
 
+def merge_in_float32(peft_model):
+    """Merge the LoRA adapter into a float32 copy of the base weights (on the CPU).
+
+    A merge in bfloat16 rounds ``W + dW`` back to ``W`` wherever ``|dW|`` is under half a bf16 step of ``W``
+    (2**-9 relative): DPO at lr 5e-7 changes weights by 1e-6 to 1e-5, so a bf16 merge keeps almost none of it.
+    """
+    import torch
+
+    return peft_model.to("cpu", dtype=torch.float32).merge_and_unload()
+
+
 def save_trained(trainer, tokenizer, out: Path, meta: dict) -> Path:
-    """Write ``out/adapter`` (LoRA only) and ``out/merged`` (base + adapter) plus ``out/meta.json``."""
+    """Write ``out/adapter`` (LoRA only), ``out/merged`` (base + adapter, merged and saved in float32, see
+    :func:`merge_in_float32`) and ``out/meta.json``."""
     trainer.model.save_pretrained(out / "adapter")
-    merged = trainer.model.merge_and_unload()
+    tokenizer.save_pretrained(out / "adapter")
+    merged = merge_in_float32(trainer.model)
     merged.save_pretrained(out / "merged")
     tokenizer.save_pretrained(out / "merged")
-    tokenizer.save_pretrained(out / "adapter")
-    write_json_atomic(out / "meta.json", meta)
+    write_json_atomic(out / "meta.json", {**meta, "merged_dtype": "float32"})
     return out
 
 

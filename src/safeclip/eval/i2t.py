@@ -176,10 +176,10 @@ def describe_batch(label: str, captioner: Callable, batch: Sequence[ImageItem], 
     for j, judge in enumerate(judges):
         name = getattr(judge, "name", f"judge{j}")
         for v, a in zip(verdicts, judge(captions)):
-            v[name] = bool(a)
+            v[name] = None if a is None else bool(a)  # None: an LLM judge's unreadable reply
     scores = list(toxicity(captions)) if toxicity is not None else [None] * len(batch)
     return [{"model": label, "image_id": it.id, "image": str(it.path), "caption": cap, "judges": v,
-             "nsfw": any(v.values()), "toxicity": None if s is None else float(s)}
+             "nsfw": any(x is True for x in v.values()), "toxicity": None if s is None else float(s)}
             for it, cap, v, s in zip(batch, captions, verdicts, scores)]
 
 
