@@ -125,10 +125,10 @@ class CategoryFlagger:
 
 def build_image_flagger(spec: str) -> ImageFlagger | CategoryFlagger:
     """``none`` (every image flagged: keep the first seed), ``hf:NAME_OR_DIR[@LABEL]`` (image classification),
-    ``nudenet[:THRESHOLD]`` or ``q16:PROMPTS_FILE@CLIP`` (the judges of ``safeclip eval t2i``); several specs
-    joined by ``,`` flag an image with the highest of their scores (unsafe if any judge says so). Entries joined
+    ``nudenet[:THRESHOLD]``, ``q16:PROMPTS_FILE@CLIP`` or ``q16-pickle:PROMPTS.p@CLIP`` (the judges of ``safeclip eval
+    t2i``); several specs joined by ``,`` flag an image with the highest of their scores (unsafe if any judge says so). Entries joined
     by ``;`` route by category: ``CATEGORIES=SPEC`` (categories comma-separated) or a bare default ``SPEC``, e.g.
-    the paper's judges ``sexual,nudity=nudenet;q16:prompts.p@openai/clip-vit-large-patch14``."""
+    the paper's judges ``sexual,nudity=nudenet;q16-pickle:Q16/data/ViT-L-14/prompts.p@openai/clip-vit-large-patch14``."""
     if ";" in spec or "=" in spec:
         routes: dict[str, ImageFlagger] = {}
         default = None

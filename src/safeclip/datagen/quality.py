@@ -8,7 +8,7 @@ with ``--adult-classifier`` (a model id you choose: the paper names none). Image
 
     safeclip datagen report --rows runs/visu/images/quadruplets.jsonl --judge openai:gpt-3.5-turbo@https://api.openai.com/v1 \
         --adult-classifier MODEL_ID@LABEL --toxicity hf:unitary/toxic-bert@toxic --image-judge nudenet \
-        --image-judge q16:prompts.p@openai/clip-vit-large-patch14 --clip openai/clip-vit-large-patch14 --out runs/visu/report
+        --image-judge q16-pickle:Q16/data/ViT-L-14/prompts.p@openai/clip-vit-large-patch14 --clip openai/clip-vit-large-patch14 --out runs/visu/report
 """
 
 from __future__ import annotations
