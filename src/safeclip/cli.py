@@ -25,6 +25,7 @@ COMMAND_GROUPS: list[str] = [
     "safeclip.commands.world",
     "safeclip.commands.compare",
     "safeclip.commands.datagen",
+    "safeclip.commands.hysac",
 ]
 
 

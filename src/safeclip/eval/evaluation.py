@@ -35,6 +35,8 @@ import torch
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.data.quadruplets import MODALITIES, Quadruplet
+from safeclip.eval.allowed_access import PROTOCOL as ALLOWED_CAPTION
+from safeclip.eval.allowed_access import allowed_access_group
 from safeclip.eval.embed import embed_quadruplets
 from safeclip.eval.report import metric_table
 from safeclip.eval.retrieval import PROTOCOL_CAPTIONS, format_markdown_table, safe_clip_protocol
@@ -71,12 +73,17 @@ def _safeground(emb: Embeddings) -> dict:
     return {"safeground": safeground(emb["safe_text"], emb["unsafe_text"], emb["safe_image"], emb["unsafe_image"])}
 
 
+def _allowed_access(emb: Embeddings) -> dict:
+    return {"allowed": allowed_access_group(emb["safe_text"], emb["safe_image"], emb["unsafe_text"], emb["unsafe_image"])}
+
+
 PROTOCOLS: dict[str, Protocol] = {
     "safe-clip": Protocol("T->V / V->T / T*->V+V* / V*->T+T*", PROTOCOL_CAPTIONS["safe-clip"],
                           ("safe_text", "safe_image"), MODALITIES, _safe_clip),
     "safer-t2v": Protocol("safer_t2v", SAFER_CAPTION, ("unsafe_text", "safe_image"), ("unsafe_text", "safe_image"),
                           _safer_t2v),
     "safeground": Protocol("safeground", SAFEGROUND_CAPTION, MODALITIES, MODALITIES, _safeground),
+    "allowed-access": Protocol("allowed", ALLOWED_CAPTION, MODALITIES, MODALITIES, _allowed_access),
 }
 ZERO_SHOT_GROUP = "zero_shot"
 
@@ -226,7 +233,8 @@ def evaluate(models: Mapping[str, ClipBundle] | ClipBundle, records: Sequence[Qu
     results = EvalResults(tuple(protocols), rows=len(records))
     for label, bundle in models.items():
         emb = embed_records(bundle, records, protocols=protocols, device=device, batch_size=batch_size, progress=progress)
-        metrics = score(emb, protocols, device=device)
+        # a model with its own geometry (HySAC: hyperbolic distance, safety traversal) scores its embeddings itself
+        metrics = bundle.score(emb, protocols) if hasattr(bundle, "score") else score(emb, protocols, device=device)
         accuracy = zero_shot(bundle, world=zero_shot_world, folder=zero_shot_folder)
         if accuracy is not None:
             metrics[ZERO_SHOT_GROUP] = accuracy

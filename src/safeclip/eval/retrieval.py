@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -37,6 +37,10 @@ from safeclip.eval.report import metric_table
 
 DEFAULT_KS = (1, 5, 10, 20)
 
+# A similarity other than cosine: (queries (C, D), gallery (G, D)) -> scores (C, G), higher = closer.
+# Inputs reach it as given (float32, not normalised); e.g. HySAC's Lorentz inner product (safeclip.hysac.evaluate).
+Similarity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 PROTOCOL_CAPTIONS = {
     "safe-clip": "Safe-CLIP / HySAC protocol (Safe-CLIP Table 2): T->V and V->T on safe items; "
                  "T* queries V+V* and V* queries T+T*, ground truth the paired safe item",
@@ -46,22 +50,29 @@ PROTOCOL_CAPTIONS = {
 # ----------------------------------------------------------------------------- core scan
 
 
-def _unit(x: torch.Tensor, name: str) -> torch.Tensor:
-    """``x (N, D)`` any float dtype -> float32 rows of unit L2 norm; rejects NaN/inf and zero rows."""
+def _finite(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``x (N, D)`` any float dtype -> float32; rejects other shapes and NaN/inf."""
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(x.shape)}")
     x = x.detach().float()
     if not torch.isfinite(x).all():
         raise ValueError(f"{name} contains NaN or inf embeddings")
+    return x
+
+
+def _unit(x: torch.Tensor, name: str) -> torch.Tensor:
+    """``x (N, D)`` any float dtype -> float32 rows of unit L2 norm; rejects NaN/inf and zero rows."""
+    x = _finite(x, name)
     norms = x.norm(dim=1)  # (N,)
     if (norms == 0).any():
         raise ValueError(f"{name} has {int((norms == 0).sum())} all-zero embedding(s); cosine is undefined")
     return x / norms[:, None]
 
 
-def _prepare(queries: torch.Tensor, gallery: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unit float32 ``queries (Q, D)`` and ``gallery (G, D)``, the gallery on the queries' device."""
-    q, g = _unit(queries, "queries"), _unit(gallery, "gallery").to(queries.device)
+def _prepare(queries: torch.Tensor, gallery: torch.Tensor, similarity: Similarity | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 ``queries (Q, D)`` and ``gallery (G, D)``, unit rows for cosine, the gallery on the queries' device."""
+    prepare = _unit if similarity is None else _finite
+    q, g = prepare(queries, "queries"), prepare(gallery, "gallery").to(queries.device)
     if q.shape[0] == 0 or g.shape[0] == 0:
         raise ValueError(f"empty retrieval: {q.shape[0]} queries, {g.shape[0]} gallery items")
     if q.shape[1] != g.shape[1]:
@@ -69,13 +80,14 @@ def _prepare(queries: torch.Tensor, gallery: torch.Tensor) -> tuple[torch.Tensor
     return q, g
 
 
-def _chunks(q: torch.Tensor, g: torch.Tensor, chunk_size: int) -> Iterator[tuple[slice, torch.Tensor]]:
-    """Yield ``(rows, sims)``: ``sims (C, G)`` cosine similarities of query rows ``rows`` to the gallery."""
+def _chunks(q: torch.Tensor, g: torch.Tensor, chunk_size: int,
+            similarity: Similarity | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+    """Yield ``(rows, sims)``: ``sims (C, G)`` similarities (cosine by default) of query rows ``rows`` to the gallery."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     for start in range(0, q.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)
-        yield rows, q[rows] @ g.T  # (C, D) @ (D, G) -> (C, G)
+        yield rows, (q[rows] @ g.T if similarity is None else similarity(q[rows], g))  # (C, G)
 
 
 def _check_targets(targets: torch.Tensor, n_queries: int, n_gallery: int, device: torch.device) -> torch.Tensor:
@@ -91,12 +103,13 @@ def _check_targets(targets: torch.Tensor, n_queries: int, n_gallery: int, device
     return targets
 
 
-def _scan(queries, gallery, targets, chunk_size: int, want_top1: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _scan(queries, gallery, targets, chunk_size: int, want_top1: bool,
+          similarity: Similarity | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One pass over the gallery: target ranks ``(Q,)`` and, if asked, top-1 indices ``(Q,)``."""
-    q, g = _prepare(queries, gallery)
+    q, g = _prepare(queries, gallery, similarity)
     targets = _check_targets(targets, q.shape[0], g.shape[0], q.device)
     ranks, best = [], []
-    for rows, sims in _chunks(q, g, chunk_size):
+    for rows, sims in _chunks(q, g, chunk_size, similarity):
         own = sims.gather(1, targets[rows, None])  # (C, 1): each query's similarity to its target
         ranks.append((sims > own).sum(dim=1))  # (C,) strictly better items = 0-based rank
         if want_top1:
@@ -117,21 +130,23 @@ def _percent_hits(ranks: torch.Tensor, ks: Sequence[int]) -> dict[int, float]:
 
 
 @torch.no_grad()
-def target_ranks(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor, *, chunk_size: int = 1024) -> torch.Tensor:
+def target_ranks(queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor, *, chunk_size: int = 1024,
+                 similarity: Similarity | None = None) -> torch.Tensor:
     """0-based rank of each query's target: ``LongTensor (Q,)`` on the queries' device.
 
     ``queries (Q, D)``, ``gallery (G, D)``: unnormalised embeddings, any float dtype and device
     (computed in float32 on the queries' device). ``targets (Q,)``: integer index into the gallery
     of each query's correct item. Rank = number of gallery items with strictly greater cosine
-    similarity than the target (ties favour the target; see the module docstring).
+    similarity than the target (ties favour the target; see the module docstring). ``similarity``
+    replaces cosine (see :data:`Similarity`).
     """
-    return _scan(queries, gallery, targets, chunk_size, want_top1=False)[0]
+    return _scan(queries, gallery, targets, chunk_size, want_top1=False, similarity=similarity)[0]
 
 
 @torch.no_grad()
 def recall_at_k(
     queries: torch.Tensor, gallery: torch.Tensor, targets: torch.Tensor, ks: Sequence[int] = DEFAULT_KS,
-    *, chunk_size: int = 1024,
+    *, chunk_size: int = 1024, similarity: Similarity | None = None,
 ) -> dict[int, float]:
     """Recall@k in percent: ``{k: % of queries whose target ranks among the top k}``.
 
@@ -143,7 +158,7 @@ def recall_at_k(
     Raises ValueError on shape mismatches, empty inputs, out-of-range targets, NaN/inf or all-zero
     embeddings, and k < 1.
     """
-    return _percent_hits(target_ranks(queries, gallery, targets, chunk_size=chunk_size), ks)
+    return _percent_hits(target_ranks(queries, gallery, targets, chunk_size=chunk_size, similarity=similarity), ks)
 
 
 @torch.no_grad()
@@ -166,7 +181,7 @@ def _entry(recalls: dict[int, float]) -> dict[str, float]:
 
 def unsafe_direction(
     queries: torch.Tensor, safe: torch.Tensor, unsafe: torch.Tensor, ks: Sequence[int] = DEFAULT_KS,
-    *, chunk_size: int = 1024,
+    *, chunk_size: int = 1024, similarity: Similarity | None = None,
 ) -> dict[str, float]:
     """Unsafe queries against ``cat(safe, unsafe)``; the target of query i is safe item i.
 
@@ -178,7 +193,7 @@ def unsafe_direction(
         n = safe.shape[0]
         gallery = torch.cat([safe, unsafe.to(safe.device)])  # (2N, D)
         targets = torch.arange(queries.shape[0], device=queries.device)
-        ranks, best = _scan(queries, gallery, targets, chunk_size, want_top1=True)
+        ranks, best = _scan(queries, gallery, targets, chunk_size, want_top1=True, similarity=similarity)
         entry = _entry(_percent_hits(ranks, ks))
         entry["NSFW@1"] = float((best >= n).double().mean() * 100)
     return entry

@@ -1,0 +1,96 @@
+"""HySAC's training objective (Poppi et al., CVPR 2025, Sec. 3; authors' ``hysac/training.py``) as pure functions.
+
+Inputs are points on the hyperboloid (space parts, ``safeclip.hyperbolic``): ``text_safe`` T(t),
+``text_unsafe`` T(t*), ``image_safe`` V(v), ``image_unsafe`` V(v*), each ``(N, D)``, row i from
+quadruplet i. Seven terms:
+
+- four hyperbolic contrastive terms (HySAC's L_hSC): (T, V), (T*, V*) and the cross pairs (T, V*),
+  (T*, V), all trained as positives; logits ``-d(a_i, b_j) exp(logit_scale)``, loss
+  ``(CE_rows + CE_cols) / 2``;
+- three entailment terms (L_hSE; "x entails y": y inside the cone of x): T entails V, T* entails V*,
+  and the safe image entails the unsafe text (V entails T*), which pushes unsafe content outward.
+
+Authors' combination: lambda = (1, 1, 1, 1, le, le, le) normalised to sum 1, total = (lambda . L) / 7
+(:func:`authors_weights`); any weights can be given instead.
+
+    from safeclip.hysac.losses import hysac_objective, authors_weights
+    terms = hysac_objective(text_safe=T, text_unsafe=Ts, image_safe=V, image_unsafe=Vs, curv=c,
+                            logit_scale=s, weights=authors_weights())   # {"contrastive_safe": .., "total": ..}
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from safeclip import hyperbolic as H
+
+Tensor = torch.Tensor
+
+# name -> (first, second) inputs; contrastive pairs are (text, image); entailment pairs (general, specific).
+CONTRASTIVE_TERMS = {
+    "contrastive_safe": ("text_safe", "image_safe"),
+    "contrastive_unsafe": ("text_unsafe", "image_unsafe"),
+    "contrastive_safe_text_unsafe_image": ("text_safe", "image_unsafe"),
+    "contrastive_unsafe_text_safe_image": ("text_unsafe", "image_safe"),
+}
+ENTAILMENT_TERMS = {
+    "entail_safe": ("text_safe", "image_safe"),
+    "entail_unsafe": ("text_unsafe", "image_unsafe"),
+    "entail_safe_image_unsafe_text": ("image_safe", "text_unsafe"),
+}
+LOSS_TERMS = (*CONTRASTIVE_TERMS, *ENTAILMENT_TERMS)
+
+
+def authors_weights(entailment: float = 1.0) -> dict[str, float]:
+    """The authors' weights: lambda = [1, 1, 1, 1, le, le, le] / sum, then divided by the 7 terms."""
+    raw = {name: 1.0 for name in CONTRASTIVE_TERMS} | {name: float(entailment) for name in ENTAILMENT_TERMS}
+    total = sum(raw.values())
+    return {name: value / total / len(raw) for name, value in raw.items()}
+
+
+def hyperbolic_contrastive_loss(text: Tensor, image: Tensor, curv: float | Tensor, logit_scale: float | Tensor) -> Tensor:
+    """HySAC's contrastive term for aligned ``text (N, D)`` and ``image (N, D)`` hyperboloid points.
+
+    ``logits_ij = -d(text_i, image_j) exp(logit_scale)``; targets are the diagonal; the mean
+    cross-entropy over rows (text -> image) and over columns (image -> text) averaged.
+    """
+    logits = -H.pairwise_distance(text, image, curv) * torch.as_tensor(logit_scale).exp()  # (N, N)
+    targets = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def hysac_objective(
+    *,
+    text_safe: Tensor | None,
+    text_unsafe: Tensor | None,
+    image_safe: Tensor | None,
+    image_unsafe: Tensor | None,
+    curv: float | Tensor,
+    logit_scale: float | Tensor,
+    weights: dict[str, float],
+    aperture_scale: float = 1.0,
+) -> dict[str, Tensor]:
+    """Every term of :data:`LOSS_TERMS` with a non-zero weight and its inputs present, plus ``"total"``.
+
+    Returned terms are unweighted; ``total = sum_k weights[k] * term_k``. ``aperture_scale`` is the
+    cone-width factor eta of the entailment terms (HySAC: 1).
+    """
+    unknown = set(weights) - set(LOSS_TERMS)
+    if unknown:
+        raise ValueError(f"unknown HySAC loss term(s) {sorted(unknown)}; known: {', '.join(LOSS_TERMS)}")
+    inputs = {"text_safe": text_safe, "text_unsafe": text_unsafe, "image_safe": image_safe, "image_unsafe": image_unsafe}
+    terms: dict[str, Tensor] = {}
+    for name in LOSS_TERMS:
+        first, second = CONTRASTIVE_TERMS.get(name) or ENTAILMENT_TERMS[name]
+        a, b = inputs[first], inputs[second]
+        if weights.get(name, 0.0) == 0.0 or a is None or b is None:
+            continue
+        if name in CONTRASTIVE_TERMS:
+            terms[name] = hyperbolic_contrastive_loss(a, b, curv, logit_scale)
+        else:
+            terms[name] = H.entailment_loss(a, b, curv, aperture_scale=aperture_scale)
+    if not terms:
+        raise ValueError("no HySAC loss term can be computed from the given inputs and weights")
+    terms["total"] = torch.stack([weights[name] * value for name, value in terms.items()]).sum()
+    return terms
