@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from safeclip.data import read_quadruplets
+from safeclip.losses import cosine_matrix
 from safeclip.methods import Budget, MethodInputs, get_method
 from safeclip.methods.safer_clip import (SaferClipConfig, curriculum_buckets, epoch_stage, proximity_targets,
                                          relative_redirection)
@@ -35,6 +36,23 @@ def test_proximity_targets_on_hand_made_embeddings():
     assert proximity_targets(unsafe, safe, exclude_own_pair=True).tolist() == [2, 2, 0]
     # Scale does not matter (cosine).
     assert proximity_targets(unsafe * 5, safe * torch.tensor([[2.0], [3.0], [0.5]])).tolist() == [0, 1, 2]
+
+
+def test_proximity_targets_in_chunks_equal_the_full_matrix_choice():
+    """Row blocks of any size pick what the argmax of the whole (N, M) cosine matrix picks, ties included."""
+    generator = torch.Generator().manual_seed(0)
+    safe = torch.randn(53, 16, generator=generator)
+    unsafe = torch.randn(53, 16, generator=generator)
+    safe[7] = safe[3] * 2.0  # exact ties: both columns score the same for every row; the lower index wins
+    unsafe[10] = safe[20] * 0.5  # a row whose nearest safe row is at cosine 1
+    full = cosine_matrix(unsafe, safe)
+    full_own = full.clone().fill_diagonal_(-float("inf"))
+    assert (full.argmax(1) == 7).sum() == 0 and (full.argmax(1) == 3).sum() > 0  # the tie is exercised
+    for chunk_elements in (1, 53, 5 * 53 + 1, 17 * 53, 10**9):  # 1 row, 1 row, 5 rows, 17 rows, everything
+        assert torch.equal(proximity_targets(unsafe, safe, chunk_elements=chunk_elements), full.argmax(1))
+        assert torch.equal(proximity_targets(unsafe, safe, exclude_own_pair=True, chunk_elements=chunk_elements),
+                           full_own.argmax(1))
+    assert proximity_targets(unsafe, safe)[10] == 20
 
 
 def test_curriculum_tertiles_and_stages():

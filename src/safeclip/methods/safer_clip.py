@@ -56,7 +56,7 @@ from safeclip.data import read_quadruplets
 from safeclip.data.loader import QuadrupletCollator, QuadrupletDataset
 from safeclip.data.quadruplets import MODALITIES
 from safeclip.eval.embed import embed_quadruplets
-from safeclip.losses import cosine_matrix, preservation_contrastive_loss, preservation_cosine_loss
+from safeclip.losses import preservation_contrastive_loss, preservation_cosine_loss
 from safeclip.methods.base import MethodInputs, parse_method_overrides
 from safeclip.models.clip import ClipBundle, encode_pixel_batch, encode_token_batch, load_clip
 from safeclip.models.lora import add_lora, apply_adapters, lora_config, save_adapters
@@ -104,18 +104,32 @@ class SaferClipConfig:
 # ----------------------------------------------------------------------------- proximity targets
 
 
-def proximity_targets(unsafe_ref: torch.Tensor, safe_ref: torch.Tensor, *, exclude_own_pair: bool = False) -> torch.Tensor:
+PROXIMITY_CHUNK_ELEMENTS = 2**25  # similarities held at once by proximity_targets: 128 MiB in float32
+
+
+def proximity_targets(unsafe_ref: torch.Tensor, safe_ref: torch.Tensor, *, exclude_own_pair: bool = False,
+                      chunk_elements: int = PROXIMITY_CHUNK_ELEMENTS) -> torch.Tensor:
     """t^ / v^ indices ``(N,)``: for each unsafe ``(N, D)`` row the most cosine-similar safe ``(M, D)`` row.
 
-    With ``exclude_own_pair`` (needs M == N, row i of both from quadruplet i) the own pair i is not
-    eligible. Ties go to the lowest index.
+    The ``(N, M)`` cosine matrix is never built whole (150k ViSU rows would be ~90 GB in float32): blocks of
+    ``chunk_elements // M`` unsafe rows are scored against every safe row and reduced to their argmax, so
+    memory is ``O(chunk_elements + N)`` and each row's choice is the full-matrix one (the same row of
+    scores, the same argmax). With ``exclude_own_pair`` (needs M == N, row i of both from quadruplet i) the
+    own pair i is not eligible. Ties go to the lowest index.
     """
-    sims = cosine_matrix(unsafe_ref, safe_ref)  # (N, M)
-    if exclude_own_pair:
-        if sims.shape[0] != sims.shape[1] or sims.shape[0] < 2:
-            raise ValueError("exclude_own_pair needs aligned unsafe and safe rows (N == M >= 2)")
-        sims.fill_diagonal_(-float("inf"))
-    return sims.argmax(dim=1)
+    n, m = len(unsafe_ref), len(safe_ref)
+    if exclude_own_pair and (n != m or n < 2):
+        raise ValueError("exclude_own_pair needs aligned unsafe and safe rows (N == M >= 2)")
+    safe_unit = F.normalize(safe_ref.float(), dim=-1)  # (M, D)
+    rows = max(1, chunk_elements // max(m, 1))
+    chosen = torch.empty(n, dtype=torch.long)
+    for start in range(0, n, rows):
+        block = F.normalize(unsafe_ref[start:start + rows].float(), dim=-1) @ safe_unit.T  # (rows, M)
+        if exclude_own_pair:
+            own = torch.arange(start, start + len(block))
+            block[torch.arange(len(block)), own] = -float("inf")
+        chosen[start:start + len(block)] = block.argmax(dim=1).cpu()
+    return chosen
 
 
 def curriculum_buckets(similarity: torch.Tensor, *, easy: str = "similar") -> torch.Tensor:
