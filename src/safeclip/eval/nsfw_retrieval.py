@@ -18,16 +18,12 @@ from pathlib import Path
 import torch
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
-from safeclip.data.loader import load_rgb
+from safeclip.eval.embed import encode_image_files
 from safeclip.eval.report import metric_table
 from safeclip.eval.retrieval import top1
-from safeclip.models.clip import ClipBundle, encode_images, encode_texts
+from safeclip.models.clip import ClipBundle, encode_texts
 
 PROTOCOL = "nsfw-retrieval (Safe-CLIP Table 3)"
-
-
-def _images(paths: list[Path]) -> list:
-    return [load_rgb(p) for p in paths]
 
 
 def unsafe_top1_rate(queries: torch.Tensor, unsafe: torch.Tensor, safe: torch.Tensor) -> float:
@@ -43,19 +39,27 @@ def nsfw_retrieval(
     distractor_texts: list[str],
     distractor_images: list[Path],
     batch_size: int = 256,
+    num_workers: int = 0,
 ) -> dict:
     """``{"T2I": {source: %, "all": %}, "I2T": {source: %, "all": %}}`` for one model.
 
     T2I: every unsafe text queries the images of one source plus the distractor images.
     I2T: every unsafe image of a source queries the unsafe texts plus the distractor texts.
+    Images are streamed through the encoder (``num_workers`` decoding processes): memory holds one batch of
+    pixels and the ``(N, D)`` embeddings, not the decoded images (10k distractors fit in well under 2 GB).
     """
     unsafe_text = encode_texts(bundle.text, bundle.tokenizer, unsafe_texts, batch_size=batch_size)
     safe_text = encode_texts(bundle.text, bundle.tokenizer, distractor_texts, batch_size=batch_size)
-    safe_image = encode_images(bundle.vision, bundle.image_processor, _images(distractor_images), batch_size=batch_size)
+
+    def encode(paths: list[Path]) -> torch.Tensor:
+        return encode_image_files(bundle.vision, bundle.image_processor, paths, batch_size=batch_size,
+                                  num_workers=num_workers)
+
+    safe_image = encode(distractor_images)
     out: dict = {"T2I": {}, "I2T": {}}
     all_sources = []
     for source, paths in unsafe_images.items():
-        unsafe_image = encode_images(bundle.vision, bundle.image_processor, _images(paths), batch_size=batch_size)
+        unsafe_image = encode(paths)
         all_sources.append(unsafe_image)
         out["T2I"][source] = unsafe_top1_rate(unsafe_text, unsafe_image, safe_image)
         out["I2T"][source] = unsafe_top1_rate(unsafe_image, unsafe_text, safe_text)
