@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from safeclip.datagen.generate import assign_categories, caption_job, generate_dataset, merge_parts, read_captions
-from safeclip.datagen.preferences import build_pairs, eq3_rank
+from safeclip.datagen.preferences import build_pairs, clip_similarity, eq3_rank
 from safeclip.datagen.prompts import clean_completion, format_prompt
 from safeclip.world.categories import CATEGORIES
 
@@ -18,6 +18,23 @@ def test_eq3_rank_hand_made():
     assert torch.allclose(ranks, torch.tensor([0.8, 1.3, 0.5]))
     with pytest.raises(ValueError, match="same shape"):
         eq3_rank([0.1, 0.2], [True])
+
+
+def test_clip_similarity_batch_by_batch_equals_whole_embeddings(tiny_clip):
+    """Cosine per batch of 3 over 8 pairs = the cosine of every text embedded at once (padding to each
+    batch's longest text does not change CLIP's end-of-text embedding); identical texts give 1."""
+    from safeclip.models.clip import encode_texts
+
+    a = ["a red circle", "a big blue square on the left", "a star", "green triangle near a grey circle",
+         "a small white star above a black square", "smoke", "a yellow circle", "angry man holding knife"]
+    b = ["a red circle", "a blue square covered in blood", "a star with a weapon", "green triangle", "drug smoke",
+         "smoke", "a crying yellow circle above the background", "a man"]
+    whole = torch.nn.functional.cosine_similarity(encode_texts(tiny_clip.text, tiny_clip.tokenizer, a),
+                                                  encode_texts(tiny_clip.text, tiny_clip.tokenizer, b), dim=-1)
+    batched = clip_similarity(tiny_clip, a, b, batch_size=3)
+    assert batched.shape == (8,) and torch.allclose(batched, whole, atol=1e-5, rtol=0)
+    assert batched[0].item() == pytest.approx(1.0, abs=1e-5) and batched[5].item() == pytest.approx(1.0, abs=1e-5)
+    assert not torch.allclose(batched[1:5], torch.ones(4), atol=1e-3)
 
 
 def test_build_pairs_chosen_is_higher_rank_and_ties_dropped():

@@ -89,6 +89,54 @@ def quads(tmp_path_factory):
     return write_quadruplets(folder, 24, seed=0)
 
 
+def naive_uwm_scores(bundle, records, cfg: UwmConfig) -> dict:
+    """Steps 2-4 of UWM written out per pair: one forward per item (no padding), the full (d_out, d_in)
+    saliency S_ij = (mean_j' n_j'|W_ij'|) (n_j mean_i' |W_i'j|) / s_j of each, the mean of S(t*) / S(t)."""
+    from safeclip.data.loader import load_rgb
+
+    layers = {**{f"text.{n}": m for n, m in bundle.text.named_modules() if n.endswith("out_proj")},
+              **{f"vision.{n}": m for n, m in bundle.vision.named_modules() if n.endswith("fc2")}}
+    inputs = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, k=k: inputs.__setitem__(k, inp[0][0].detach()))
+             for k, m in layers.items()]
+
+    def saliency(side: str, value) -> dict:
+        with torch.no_grad():
+            if side == "text":
+                bundle.text(**bundle.tokenizer([value], return_tensors="pt"))
+            else:
+                bundle.vision(pixel_values=bundle.image_processor(images=load_rgb(value), return_tensors="pt")["pixel_values"])
+        out = {}
+        for k, x in ((k, x) for k, x in inputs.items() if k.startswith(side)):  # x: (L, d_in), every token valid
+            w = layers[k].weight.detach().abs()
+            a = x.norm(dim=0) * w  # A_ij = n_j |W_ij|
+            out[k] = a.mean(1, keepdim=True) * a.mean(0, keepdim=True) / x.std(dim=0)
+        return out
+
+    total = {k: torch.zeros_like(m.weight) for k, m in layers.items()}
+    for r in records:
+        for side, safe, unsafe in (("text", r.safe_text, r.unsafe_text), ("vision", r.safe_image, r.unsafe_image)):
+            s_safe, s_unsafe = saliency(side, safe), saliency(side, unsafe)
+            for k in s_safe:
+                total[k] += s_unsafe[k] / s_safe[k]
+    for h in hooks:
+        h.remove()
+    return {k: v / len(records) * (layers[k].weight.detach().abs() if k.startswith("text.") else 1) for k, v in total.items()}
+
+
+def test_uwm_calibration_equals_the_per_pair_definition(tiny_clip_dir, quads):
+    """Batched calibration with statistics taken inside the hooks (padded text batches of 5, 24 pairs) gives
+    the per-pair scores of the definition, up to float rounding; so does the selection."""
+    bundle = load_clip(tiny_clip_dir)
+    records, _ = read_quadruplets(quads)
+    cfg = UwmConfig(sparsity=0.9, batch_size=5)
+    scores, expected = calibrate(bundle, records, cfg), naive_uwm_scores(bundle, records, cfg)
+    assert scores.keys() == expected.keys() and len(scores) == 4
+    for k in scores:
+        assert torch.allclose(scores[k], expected[k], rtol=1e-3, atol=0), k
+    assert select_edit(bundle, scores, cfg).counts() == select_edit(bundle, expected, cfg).counts()
+
+
 def test_uwm_edit_changes_outputs_and_undo_is_bit_exact(tiny_clip_dir, quads, tmp_path):
     bundle = load_clip(tiny_clip_dir)
     records, _ = read_quadruplets(quads)

@@ -32,14 +32,19 @@ def eq3_rank(clip_sim: torch.Tensor | list[float], nsfw: torch.Tensor | list[boo
 
 
 def clip_similarity(clip_bundle, texts_a: list[str], texts_b: list[str], *, batch_size: int = 256) -> torch.Tensor:
-    """Cosine similarity ``(N,)`` of CLIP text embeddings of ``texts_a[i]`` and ``texts_b[i]``."""
+    """Cosine similarity ``(N,)`` of CLIP text embeddings of ``texts_a[i]`` and ``texts_b[i]``.
+
+    Batch by batch: memory holds two ``(batch_size, D)`` embeddings and the ``(N,)`` result, so ranking
+    every generated caption of a ViSU-size run does not keep ``2 x (N, D)`` embeddings.
+    """
     from safeclip.models.clip import encode_texts
 
     if len(texts_a) != len(texts_b):
         raise ValueError(f"clip_similarity needs equal lists, got {len(texts_a)} and {len(texts_b)}")
-    a = encode_texts(clip_bundle.text, clip_bundle.tokenizer, list(texts_a), batch_size=batch_size)
-    b = encode_texts(clip_bundle.text, clip_bundle.tokenizer, list(texts_b), batch_size=batch_size)
-    return F.cosine_similarity(a, b, dim=-1) if len(texts_a) else torch.empty(0)
+    sims = [F.cosine_similarity(encode_texts(clip_bundle.text, clip_bundle.tokenizer, list(texts_a[i:i + batch_size])),
+                                encode_texts(clip_bundle.text, clip_bundle.tokenizer, list(texts_b[i:i + batch_size])), dim=-1)
+            for i in range(0, len(texts_a), batch_size)]
+    return torch.cat(sims) if sims else torch.empty(0)
 
 
 def score(sources: list[str], completions: list[str], clip_bundle, judge) -> dict[str, list]:
