@@ -10,6 +10,8 @@ equals the single-process step on the same global batch (the idea of open_clip's
 
     accelerate launch --num_processes 2 -m safeclip.cli train --config ... loss.gather_across_processes=true
     embeddings = gather_with_grad(local_embeddings)        # (B_local, D) -> (P * B_local, D)
+
+:func:`gather_rows` gathers blocks of different sizes without gradient (sharded embedding of a split).
 """
 
 from __future__ import annotations
@@ -30,3 +32,29 @@ def gather_with_grad(x: torch.Tensor | None) -> torch.Tensor | None:
     dist.all_gather(parts, x.detach().contiguous())
     parts[dist.get_rank()] = x
     return torch.cat(parts)
+
+
+def gather_rows(x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Rows of every process in rank order, without gradient: ``(counts[rank], D)`` -> ``(sum(counts), D)``.
+
+    Processes may hold different numbers of rows (``counts``, known to all); each block is padded to the
+    largest for the all-gather and trimmed after. ``x`` must live where the backend gathers (NCCL: the GPU).
+    """
+    if world_size() == 1:
+        return x
+    padded = x.new_zeros(max(counts), *x.shape[1:])
+    padded[: len(x)] = x.detach()
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:count] for part, count in zip(parts, counts)])
+
+
+def all_agree(flag: bool) -> bool:
+    """True only when ``flag`` is true on every process (one all-reduce; the flag itself on one process)."""
+    if world_size() == 1:
+        return flag
+    backend = dist.get_backend()
+    device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+    value = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return bool(value.item())
