@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from safeclip.data.loader import load_rgb
 from safeclip.data.quadruplets import read_rows
+from safeclip.eval.embed import encode_image_files
 from safeclip.models.clip import ClipBundle, encode_images, encode_texts
 
 PROTOCOL = "zero-shot: prompt-ensembled class embeddings, top-1 accuracy on labelled safe images"
@@ -63,9 +63,10 @@ def encode_class_prompts(bundle: ClipBundle, classnames: Sequence[str], template
     return emb.view(len(classnames), len(templates), -1)
 
 
-def classify_images(bundle: ClipBundle, images: list, labels: Sequence[str], classnames: Sequence[str],
+def classify_images(bundle: ClipBundle, images: list | None, labels: Sequence[str], classnames: Sequence[str],
                     templates: Sequence[str], *, image_emb: torch.Tensor | None = None) -> float:
-    """Accuracy (%) of ``bundle`` on PIL ``images`` with string ``labels`` drawn from ``classnames``."""
+    """Accuracy (%) of ``bundle`` on PIL ``images`` (or their ``image_emb (N, D)``) with string ``labels``
+    drawn from ``classnames``."""
     index = {c: i for i, c in enumerate(classnames)}
     unknown = sorted({lab for lab in labels if lab not in index})
     if unknown:
@@ -95,11 +96,10 @@ def world_zero_shot(bundle: ClipBundle, world_dir: str | os.PathLike, *, split: 
         raise ValueError(f"{world / f'{split}.jsonl'} has no rows with 'attributes'; rebuild it with `safeclip world build`")
     if max_images:
         rows = rows[:max_images]
-    images = [load_rgb(world / r["safe_image"]) for r in rows]
-    image_emb = encode_images(bundle.vision, bundle.image_processor, images)
+    image_emb = encode_image_files(bundle.vision, bundle.image_processor, [world / r["safe_image"] for r in rows])
     out = {}
     for attribute, (classnames, templates) in world_tasks().items():
-        out[attribute] = classify_images(bundle, images, [r["attributes"][attribute] for r in rows], classnames,
+        out[attribute] = classify_images(bundle, None, [r["attributes"][attribute] for r in rows], classnames,
                                          templates, image_emb=image_emb)
     out["mean"] = sum(out.values()) / len(out)
     return out
@@ -115,6 +115,6 @@ def folder_zero_shot(bundle: ClipBundle, folder: str | os.PathLike,
     files = [(c, p) for c in classnames for p in sorted((folder / c).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if len(classnames) < 2 or not files:
         raise ValueError(f"{folder} needs at least two class sub-folders holding images")
-    images = [load_rgb(p) for _, p in files]
-    return classify_images(bundle, images, [c.replace("_", " ") for c, _ in files],
-                           [c.replace("_", " ") for c in classnames], templates)
+    image_emb = encode_image_files(bundle.vision, bundle.image_processor, [p for _, p in files])  # streamed
+    return classify_images(bundle, None, [c.replace("_", " ") for c, _ in files],
+                           [c.replace("_", " ") for c in classnames], templates, image_emb=image_emb)
