@@ -16,6 +16,8 @@ equals the single-process step on the same global batch (the idea of open_clip's
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -58,3 +60,31 @@ def all_agree(flag: bool) -> bool:
     value = torch.tensor([int(flag)], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return bool(value.item())
+
+
+def join_launched_processes() -> tuple[int, int]:
+    """Join the process group ``torchrun`` / ``accelerate launch`` describe in the environment: ``(rank, world)``.
+
+    Outside a launcher (no ``WORLD_SIZE`` above 1) this is ``(0, 1)`` and nothing is started. On GPUs each
+    process takes the GPU of its ``LOCAL_RANK`` and the group uses NCCL; on CPUs, gloo.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world_size()
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: this process's GPU (``cuda:LOCAL_RANK`` under a launcher) when CUDA is available, else the CPU;
+    anything else is taken as a device name (``cpu``, ``cuda``, ``cuda:1``, ``mps``)."""
+    if name != "auto":
+        try:
+            return torch.device(name)
+        except RuntimeError as err:
+            raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from err
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")

@@ -3,8 +3,8 @@
     pytest tests/integration/test_sharded_embedding.py        # ~1 min on 2 cores
 
 Each process embeds a contiguous block of whole batches and the blocks are gathered
-(``safeclip.eval.embed.embed_quadruplets(shard=True)``): the reference cache built this way, and the
-embeddings validation and ``eval retrieval`` compute, are the one-process ones. The split is uneven on
+(``safeclip.eval.embed.embed_quadruplets(shard=True)``, ``encode_image_files(shard=True)``): the reference
+cache built this way, and the embeddings validation and the eval commands compute, are the one-process ones. The split is uneven on
 purpose (13 rows in batches of 4 and of 3) so that the processes hold different numbers of rows.
 """
 
@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
 
 from safeclip.data import read_quadruplets
-from safeclip.eval.embed import embed_quadruplets, shard_rows
+from safeclip.eval.embed import embed_quadruplets, encode_image_files, shard_rows
 from safeclip.models.clip import load_clip
 from safeclip.models.lora import add_lora, lora_config, lora_parameters
 from safeclip.refcache import load_or_compute_references
@@ -42,7 +42,9 @@ def embed_everything(model_dir, data, cache_dir, *, shard: bool) -> dict[str, to
     refs = load_or_compute_references(text, vision, bundle.tokenizer, bundle.image_processor, records,
                                       report.modalities, cache_dir, batch_size=4, shard=shard)
     emb = embed_quadruplets(text, vision, bundle.tokenizer, bundle.image_processor, records, batch_size=3, shard=shard)
-    return {**refs, **emb}
+    files = encode_image_files(vision, bundle.image_processor, [r.unsafe_image for r in records], batch_size=5,
+                               num_workers=1, shard=shard)
+    return {**refs, **emb, "unsafe_image_files": files}
 
 
 def worker(rank: int, world: int, port: int, model_dir, data, out) -> None:
@@ -75,7 +77,9 @@ def test_shard_rows_are_whole_batches_covering_every_row():
 def test_two_processes_build_the_one_process_cache_and_embeddings(tmp_path, tiny_clip_dir):
     data = write_quadruplets(tmp_path / "d", 13)
     one = embed_everything(tiny_clip_dir, data, tmp_path / "one-cache", shard=False)
-    assert set(one) == {"safe_text_ref", "safe_image_ref", "safe_text", "unsafe_text", "safe_image", "unsafe_image"}
+    assert set(one) == {"safe_text_ref", "safe_image_ref", "safe_text", "unsafe_text", "safe_image", "unsafe_image",
+                        "unsafe_image_files"}
+    assert torch.allclose(one["unsafe_image_files"], one["unsafe_image"], atol=1e-6, rtol=0)  # the same images
     # the references are the base model's: with the adapters on, the same texts embed differently
     assert not torch.allclose(one["safe_text_ref"], one["safe_text"])
     mp.spawn(worker, args=(2, free_port(), tiny_clip_dir, data, tmp_path), nprocs=2, join=True)

@@ -72,3 +72,20 @@ def test_gathered_loss_and_gradient_equal_the_single_process_ones(tmp_path):
     # without gathering each process sees only its half: another loss and another gradient
     local = run(tmp_path, gather=False)
     assert not torch.allclose(local[0]["grad"], weight.grad, rtol=1e-3, atol=1e-4)
+
+
+def test_resolve_device_and_no_launcher():
+    """``auto`` is this process's GPU under a launcher, else the CPU; names pass through; a bad one is refused."""
+    import os
+
+    import pytest
+
+    from safeclip.distributed import join_launched_processes, resolve_device
+
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu") and resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    if "WORLD_SIZE" not in os.environ:
+        assert join_launched_processes() == (0, 1) and not dist.is_initialized()

@@ -110,19 +110,26 @@ class ImageFiles(Dataset):
 
 @torch.no_grad()
 def encode_image_files(vision_model: torch.nn.Module, image_processor, paths: Sequence[Path], *,
-                       batch_size: int = 256, num_workers: int = 0, progress: bool = False) -> torch.Tensor:
+                       batch_size: int = 256, num_workers: int = 0, progress: bool = False,
+                       shard: bool = False) -> torch.Tensor:
     """Projected embeddings ``(len(paths), D)`` (float32, CPU) of image files, streamed batch by batch.
 
     The same numbers as :func:`safeclip.models.clip.encode_images` on the decoded images, without ever
-    holding more than one batch of them (``num_workers`` processes decode ahead of the encoder).
+    holding more than one batch of them (``num_workers`` processes decode ahead of the encoder). ``shard``:
+    as in :func:`embed_quadruplets` (each process embeds a block of whole batches; all get every row).
     """
     device = next(vision_model.parameters()).device
     dtype = next(vision_model.parameters()).dtype
-    loader = DataLoader(ImageFiles(paths, image_processor), batch_size=batch_size, shuffle=False,
-                        num_workers=num_workers, pin_memory=device.type == "cuda")
+    rank, world = (dist.get_rank(), world_size()) if shard and world_size() > 1 else (0, 1)
+    files = ImageFiles(paths, image_processor)
+    loader = DataLoader(Subset(files, shard_rows(len(files), batch_size, rank, world)), batch_size=batch_size,
+                        shuffle=False, num_workers=num_workers, pin_memory=device.type == "cuda")
     was_training = vision_model.training
     vision_model.eval()
-    out = [encode_pixel_batch(vision_model, pixels.to(device, dtype, non_blocking=True)).float().cpu()
+    out = [encode_pixel_batch(vision_model, pixels.to(device, dtype, non_blocking=True)).float()
            for pixels in tqdm(loader, desc="embedding images", disable=not progress, leave=False)]
     vision_model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0, vision_model.config.projection_dim)
+    local = torch.cat(out) if out else torch.empty(0, vision_model.config.projection_dim, device=device)
+    if world > 1:
+        local = gather_rows(local, [len(shard_rows(len(files), batch_size, r, world)) for r in range(world)])
+    return local.cpu()
