@@ -34,6 +34,7 @@ from pathlib import Path
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.config import TrainConfig
 from safeclip.data import read_quadruplets
+from safeclip.distributed import resolve_device
 from safeclip.eval.evaluation import EvalResults, evaluate
 from safeclip.eval.report import metric_table, summarize_seeds
 from safeclip.methods.base import METHOD_NAMES, Budget, MethodInputs, get_method
@@ -109,7 +110,7 @@ def evaluate_model(bundle: ClipBundle, records, sources: Sources, *, label: str 
     """Every comparison metric of one model on the test ``records`` (see the module docstring for the keys);
     a protocol the records cannot feed (e.g. no unsafe images) is left out."""
     return evaluate({label: bundle}, records, protocols=EVAL_PROTOCOLS, batch_size=batch_size, skip_missing=True,
-                    zero_shot_world=sources.world, zero_shot_folder=sources.zero_shot_folder)
+                    device=resolve_device("auto"), zero_shot_world=sources.world, zero_shot_folder=sources.zero_shot_folder)
 
 
 def safety_score(metrics: dict) -> float | None:

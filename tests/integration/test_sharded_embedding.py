@@ -93,3 +93,40 @@ def test_two_processes_build_the_one_process_cache_and_embeddings(tmp_path, tiny
     assert cache.name == single.name
     written = load_file(cache)
     assert all(torch.equal(written[k], one[k]) for k in written)
+
+
+def test_eval_commands_under_torchrun_equal_one_process(tmp_path, tiny_clip_dir):
+    """``torchrun --nproc_per_node 2 -m safeclip.cli eval retrieval / nsfw-retrieval`` shard the embedding
+    (with a loader worker each), write once, and give the one-process results."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safeclip.cli import main
+
+    data = write_quadruplets(tmp_path / "d", 13)
+    distractors = tmp_path / "d" / "distractors.jsonl"
+    rows = [json.loads(line) for line in data.read_text().splitlines()]
+    distractors.write_text("".join(json.dumps({"safe_image": r["safe_image"], "safe_text": r["safe_text"]}) + "\n"
+                                   for r in rows))
+    commands = {
+        "retrieval": ["eval", "retrieval", "--data", str(data), "--model", f"base={tiny_clip_dir}", "--batch-size", "4"],
+        "nsfw": ["eval", "nsfw-retrieval", "--queries", str(data), "--unsafe", str(data), "--distractors",
+                 str(distractors), "--model", f"base={tiny_clip_dir}", "--batch-size", "4"],
+    }
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root / "src"), "OMP_NUM_THREADS": "1"}
+    for name, command in commands.items():
+        assert main([*command, "--device", "cpu", "--out", str(tmp_path / f"{name}-one")]) == 0
+        result = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(free_port()), "-m",
+                                 "safeclip.cli", *command, "--num-workers", "1", "--out", str(tmp_path / f"{name}-two")],
+                                env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        (one,), (two,) = ((tmp_path / f"{name}-{n}").glob("*.json") for n in ("one", "two"))
+        assert json.loads(one.read_text()) == json.loads(two.read_text()), name
+        assert result.stdout.count("wrote ") == 1  # only the first process writes
+        assert "rank 0 of 2 embedded rows 0-8 of 13" in result.stdout  # batches of 4: rows 0-8 and 8-13
+        assert "rank 1 of 2 embedded rows 8-13 of 13" in result.stdout

@@ -51,6 +51,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     nsfw.add_argument("--model", action="append", required=True, metavar="[LABEL=]MODEL", help=MODEL_HELP)
     nsfw.add_argument("--out", required=True, help="output folder")
     nsfw.add_argument("--max-queries", type=int, default=0, help="use the first N unsafe texts (0: all)")
+    nsfw.add_argument("--batch-size", type=int, default=256, help="embedding batch size")
+    add_compute_arguments(nsfw)
     nsfw.set_defaults(func=run_nsfw_retrieval)
     safer = evals.add_parser(
         "safer-t2v",
@@ -97,10 +99,51 @@ def add_model_arguments(parser: argparse.ArgumentParser, out_help: str, *, adapt
 
 
 def add_batch_arguments(parser: argparse.ArgumentParser, *, skip_help: str) -> None:
-    """``--batch-size``, ``--max-rows`` and ``--skip-bad-rows``."""
+    """``--batch-size``, ``--max-rows`` and ``--skip-bad-rows``, plus the compute arguments."""
     parser.add_argument("--batch-size", type=int, default=256, help="embedding batch size")
     parser.add_argument("--max-rows", type=int, default=0, help="evaluate only the first N rows (0: all)")
     parser.add_argument("--skip-bad-rows", action="store_true", help=skip_help)
+    add_compute_arguments(parser)
+
+
+def add_compute_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--device`` and ``--num-workers``. Under ``torchrun`` / ``accelerate launch`` the embedding is sharded."""
+    parser.add_argument("--device", default="auto",
+                        help="where the encoders run: auto (this process's GPU when there is one, else the CPU), "
+                        "cpu, cuda, cuda:N. Under torchrun / accelerate launch every process embeds a share of "
+                        "the images and the first one writes the results")
+    parser.add_argument("--num-workers", type=int, default=0, help="loader processes decoding images (real data: 8)")
+
+
+def compute_settings(args: argparse.Namespace) -> dict:
+    """``{"device", "num_workers", "shard"}`` for :func:`safeclip.eval.evaluate` from the compute arguments
+    (joins the launcher's process group when there is one)."""
+    from safeclip.distributed import join_launched_processes, resolve_device
+
+    if args.num_workers < 0:
+        raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
+    _, world = join_launched_processes()
+    return {"device": resolve_device(args.device), "num_workers": args.num_workers, "shard": world > 1}
+
+
+def say_share(what: str, rows: int, batch_size: int) -> None:
+    """Under a launcher, print which rows this process embeds (``<what>: rank r of P embedded rows a-b of N``)."""
+    from safeclip.distributed import world_size
+    from safeclip.eval.embed import shard_rows
+
+    if world_size() > 1:
+        import torch.distributed as dist
+
+        mine = shard_rows(rows, batch_size, dist.get_rank(), world_size())
+        print(f"{what}: rank {dist.get_rank()} of {world_size()} embedded rows {mine.start}-{mine.stop} of {rows}",
+              flush=True)
+
+
+def is_writer() -> bool:
+    """Whether this process writes outputs: the only one, or rank 0 of a launched group."""
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def split_label(spec: str) -> tuple[str, str]:
@@ -132,11 +175,13 @@ def evaluate_specs(args: argparse.Namespace, records, protocol: str, adapters: d
 
     check_labels(args.model, adapters)
     results = EvalResults((protocol,), rows=len(records))
+    compute = compute_settings(args)
+    say_share(protocol, len(records), args.batch_size)
     for spec in args.model:
         label, model = split_label(spec)
         bundle = resolve_model(model, adapters=(adapters or {}).get(label))
         results.update(evaluate({label: bundle}, records, protocols=(protocol,), batch_size=args.batch_size,
-                                progress=True))
+                                progress=is_writer(), **compute))
     return results
 
 
@@ -159,6 +204,8 @@ def run_retrieval(args: argparse.Namespace) -> int:
     print(report.summary())
     require_modalities(("safe-clip",), report.modalities, str(args.data))
     results = evaluate_specs(args, records, "safe-clip", dict(split_label(a) for a in args.adapters))
+    if not is_writer():
+        return 0
     warn_if_few_rows(len(records))
     json_path, md_path = results.write(Path(args.out))
     print(md_path.read_text())
@@ -178,6 +225,8 @@ def run_safer_t2v(args: argparse.Namespace) -> int:
     print(report.summary())
     require_modalities(("safer-t2v",), report.modalities, str(args.data))
     results = {label: m["safer_t2v"] for label, m in evaluate_specs(args, records, "safer-t2v").models.items()}
+    if not is_writer():
+        return 0
     out = Path(args.out)
     write_json_atomic(out / "safer_t2v.json", {"protocol": PROTOCOL, "data": str(args.data), "n": len(records),
                                                "models": results})
@@ -225,12 +274,21 @@ def run_nsfw_retrieval(args: argparse.Namespace) -> int:
     missing = {"safe_image", "safe_text"} - set(distractors[0]) if distractors else {"safe_image", "safe_text"}
     if missing:
         raise ValueError(f"{distractor_path}: column(s) {', '.join(sorted(missing))} missing")
+    compute = compute_settings(args)
+    say_share("nsfw-retrieval distractors", len(distractors), args.batch_size)
     results = {}
     for spec in args.model:
         label, model = split_label(spec)
-        results[label] = nsfw_retrieval(resolve_model(model), unsafe_texts=texts, unsafe_images=sources,
+        bundle = resolve_model(model)
+        bundle.text.to(compute["device"])
+        bundle.vision.to(compute["device"])
+        results[label] = nsfw_retrieval(bundle, unsafe_texts=texts, unsafe_images=sources,
                                         distractor_texts=[d["safe_text"] for d in distractors],
-                                        distractor_images=[distractor_path.parent / d["safe_image"] for d in distractors])
+                                        distractor_images=[distractor_path.parent / d["safe_image"] for d in distractors],
+                                        batch_size=args.batch_size, num_workers=compute["num_workers"],
+                                        shard=compute["shard"])
+    if not is_writer():
+        return 0
     path = write_nsfw_retrieval(results, args.out)
     print(format_table(results))
     print(f"wrote {path}")

@@ -114,11 +114,14 @@ def present_modalities(records: Sequence[Quadruplet]) -> tuple[str, ...]:
 
 
 def embed_records(bundle: ClipBundle, records: Sequence[Quadruplet], *, protocols: Sequence[str] = ("safe-clip",),
-          device: str | torch.device | None = None, batch_size: int = 512, progress: bool = False) -> Embeddings:
+          device: str | torch.device | None = None, batch_size: int = 512, progress: bool = False,
+          num_workers: int = 0, shard: bool = False) -> Embeddings:
     """Step 1: the ``(N, D)`` embeddings (float32, CPU) of the record modalities ``protocols`` read.
 
     ``device``: where the encoders run; ``None`` keeps them where they are, anything else moves them there
-    (``nn.Module.to``, in place). Batches of ``batch_size`` records.
+    (``nn.Module.to``, in place). Batches of ``batch_size`` records, decoded by ``num_workers`` loader
+    processes. ``shard``: under ``torchrun`` / ``accelerate launch`` each process embeds its share of the
+    batches and every process gets all rows (every process must call it; see ``eval/embed.py``).
     """
     present = present_modalities(records)
     wanted = tuple(m for m in MODALITIES if m in present and any(m in protocol(p).reads for p in protocols))
@@ -128,7 +131,8 @@ def embed_records(bundle: ClipBundle, records: Sequence[Quadruplet], *, protocol
         bundle.text.to(device)
         bundle.vision.to(device)
     return embed_quadruplets(bundle.text, bundle.vision, bundle.tokenizer, bundle.image_processor, records,
-                             modalities=wanted, batch_size=batch_size, progress=progress)
+                             modalities=wanted, batch_size=batch_size, progress=progress, num_workers=num_workers,
+                             shard=shard)
 
 
 def score(embeddings: Embeddings, protocols: Sequence[str] = ("safe-clip",), *,
@@ -213,6 +217,7 @@ class EvalResults:
 def evaluate(models: Mapping[str, ClipBundle] | ClipBundle, records: Sequence[Quadruplet], *,
              protocols: Sequence[str] = ("safe-clip",), device: str | torch.device | None = None,
              batch_size: int = 512, progress: bool = False, skip_missing: bool = False,
+             num_workers: int = 0, shard: bool = False,
              zero_shot_world: str | os.PathLike | None = None, zero_shot_folder: str | os.PathLike | None = None,
              keep_embeddings: bool = False) -> EvalResults:
     """Every protocol for each model on the same ``records``: :func:`embed_records`, then :func:`score`.
@@ -220,7 +225,8 @@ def evaluate(models: Mapping[str, ClipBundle] | ClipBundle, records: Sequence[Qu
     ``models``: ``{label: ClipBundle}``, or one bundle (labelled ``"model"``). A protocol the records cannot
     feed (missing modalities) raises ValueError naming what is missing, or is left out with
     ``skip_missing=True``. ``device``: see :func:`embed_records` and :func:`score` (None: the models' own device
-    for embedding, the CPU for scoring).
+    for embedding, the CPU for scoring). ``num_workers`` and ``shard``: see :func:`embed_records`; sharded,
+    every process gets the metrics one process computes.
     """
     models = {"model": models} if isinstance(models, ClipBundle) else dict(models)
     for name in protocols:
@@ -232,7 +238,8 @@ def evaluate(models: Mapping[str, ClipBundle] | ClipBundle, records: Sequence[Qu
         require_modalities(protocols, present_modalities(records), f"the {len(records)} records")
     results = EvalResults(tuple(protocols), rows=len(records))
     for label, bundle in models.items():
-        emb = embed_records(bundle, records, protocols=protocols, device=device, batch_size=batch_size, progress=progress)
+        emb = embed_records(bundle, records, protocols=protocols, device=device, batch_size=batch_size, progress=progress,
+                            num_workers=num_workers, shard=shard)
         # a model with its own geometry (HySAC: hyperbolic distance, safety traversal) scores its embeddings itself
         metrics = bundle.score(emb, protocols) if hasattr(bundle, "score") else score(emb, protocols, device=device)
         accuracy = zero_shot(bundle, world=zero_shot_world, folder=zero_shot_folder)

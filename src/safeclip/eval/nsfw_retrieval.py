@@ -40,6 +40,7 @@ def nsfw_retrieval(
     distractor_images: list[Path],
     batch_size: int = 256,
     num_workers: int = 0,
+    shard: bool = False,
 ) -> dict:
     """``{"T2I": {source: %, "all": %}, "I2T": {source: %, "all": %}}`` for one model.
 
@@ -47,13 +48,14 @@ def nsfw_retrieval(
     I2T: every unsafe image of a source queries the unsafe texts plus the distractor texts.
     Images are streamed through the encoder (``num_workers`` decoding processes): memory holds one batch of
     pixels and the ``(N, D)`` embeddings, not the decoded images (10k distractors fit in well under 2 GB).
+    ``shard``: under ``torchrun`` / ``accelerate launch`` each process embeds a share of the images.
     """
     unsafe_text = encode_texts(bundle.text, bundle.tokenizer, unsafe_texts, batch_size=batch_size)
     safe_text = encode_texts(bundle.text, bundle.tokenizer, distractor_texts, batch_size=batch_size)
 
     def encode(paths: list[Path]) -> torch.Tensor:
         return encode_image_files(bundle.vision, bundle.image_processor, paths, batch_size=batch_size,
-                                  num_workers=num_workers)
+                                  num_workers=num_workers, shard=shard)
 
     safe_image = encode(distractor_images)
     out: dict = {"T2I": {}, "I2T": {}}
