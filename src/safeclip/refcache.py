@@ -33,9 +33,11 @@ CACHE_VERSION = "2"  # 2: tensors named after the modality they embed (safe_text
 
 
 def reference_fingerprint(text_model, vision_model, tokenizer, image_processor, records: Sequence[Quadruplet],
-                          modalities: Sequence[str]) -> str:
-    """sha256 of everything the reference embeddings depend on."""
+                          modalities: Sequence[str], precision: str = "no") -> str:
+    """sha256 of everything the reference embeddings depend on (``precision``: the autocast they ran under)."""
     h = hashlib.sha256(CACHE_VERSION.encode())
+    if precision not in ("no", ""):
+        h.update(f"autocast={precision}".encode())
     for model in (text_model, vision_model):
         for name, param in sorted(base_parameters(model).items()):
             h.update(name.encode())
@@ -55,6 +57,7 @@ def load_or_compute_references(
     text_model, vision_model, tokenizer, image_processor, records: Sequence[Quadruplet], modalities: Sequence[str],
     cache_dir: str | os.PathLike, *, batch_size: int = 256, progress: bool = False, num_workers: int = 0,
     shard: bool = False, autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    precision: str = "no",
 ) -> dict[str, torch.Tensor]:
     """``{"safe_text_ref": (N, D)[, "safe_image_ref": (N, D)]}``, from the cache or computed and cached.
 
@@ -62,10 +65,11 @@ def load_or_compute_references(
     precision), with ``num_workers`` loader processes. With ``shard=True`` under ``torch.distributed`` every
     process must call this: each embeds its share of the batches, the shares are gathered (equal to the
     one-process cache) and the first process of each node writes the file; the cache is read only when every
-    process sees it, so the processes never disagree about whether to compute.
+    process sees it, so the processes never disagree about whether to compute. ``precision`` names what
+    ``autocast`` does (accelerate's ``mixed_precision``: "no", "bf16", "fp16"); it is part of the cache key.
     """
     wanted = [m for m in ("safe_text", "safe_image") if m in modalities]
-    key = reference_fingerprint(text_model, vision_model, tokenizer, image_processor, records, wanted)
+    key = reference_fingerprint(text_model, vision_model, tokenizer, image_processor, records, wanted, precision)
     path = Path(cache_dir) / f"references-{key[:24]}.safetensors"
     if all_agree(path.is_file()) if shard else path.is_file():
         return load_file(path)

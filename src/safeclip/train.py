@@ -74,6 +74,7 @@ from safeclip.data import (
     read_quadruplets,
 )
 from safeclip.distributed import gather_with_grad, world_size
+from safeclip.eval.embed import shard_rows
 from safeclip.eval.evaluation import evaluate
 from safeclip.losses import LOSS_TERMS, safe_clip_objective
 from safeclip.models.clip import ClipBundle, encode_pixel_batch, encode_token_batch, load_clip
@@ -243,10 +244,18 @@ def safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batc
 
 
 def validate(text_base, vision_base, bundle: ClipBundle, records, cfg: TrainConfig) -> tuple[float, dict]:
-    """Safe-CLIP retrieval protocol on the validation split; score = sum of every recall."""
+    """Safe-CLIP retrieval protocol on the validation split; score = sum of every recall.
+
+    Under several processes each embeds its share of the batches (loader workers) and the shares are
+    gathered, so every process gets the one-process metrics (``evaluate(shard=True)``).
+    """
     model = dataclasses.replace(bundle, text=text_base, vision=vision_base)
+    if world_size() > 1:
+        mine = shard_rows(len(records), cfg.run.eval_batch_size, torch.distributed.get_rank(), world_size())
+        print(f"validation: rank {torch.distributed.get_rank()} of {world_size()} embedded rows {mine.start}-{mine.stop} "
+              f"of {len(records)}", flush=True)
     metrics = evaluate({"model": model}, records, protocols=("safe-clip",), batch_size=cfg.run.eval_batch_size,
-                       skip_missing=True).models["model"]
+                       skip_missing=True, num_workers=cfg.data.num_workers, shard=True).models["model"]
     score = sum(v for direction in metrics.values() for k, v in direction.items() if k.startswith("R@"))
     return float(score), metrics
 
@@ -466,7 +475,8 @@ def build_loader(cfg: TrainConfig, bundle: ClipBundle, records: list, report: Re
     dataset = QuadrupletDataset(records, bundle.image_processor, report.modalities, cache_images=cache_images)
     sampler = EpochShuffleSampler(len(dataset), seed=cfg.run.seed)
     loader = DataLoader(dataset, batch_size=micro_batch, sampler=sampler, drop_last=True,
-                        num_workers=cfg.data.num_workers,
+                        num_workers=cfg.data.num_workers, persistent_workers=cfg.data.num_workers > 0,
+                        pin_memory=torch.cuda.is_available(),
                         collate_fn=QuadrupletCollator(bundle.tokenizer, padding=cfg.data.text_padding))
     if len(loader) == 0:
         raise ValueError(f"{cfg.data.train} has {len(dataset)} usable quadruplets, fewer than one batch "
@@ -476,17 +486,22 @@ def build_loader(cfg: TrainConfig, bundle: ClipBundle, records: list, report: Re
 
 def build_references(cfg: TrainConfig, accelerator: Accelerator, run_dir: Path, bundle: ClipBundle, text_base,
                      vision_base, records: list, report: ReadReport) -> dict[str, torch.Tensor] | None:
-    """Frozen references T0(t), V0(v): computed once per model and dataset (exact), or None (per step)."""
+    """Frozen references T0(t), V0(v): computed once per model and dataset (exact), or None (per step).
+
+    Called after the encoders are on the accelerator: every process embeds its share of the batches with
+    loader workers, in the step's precision (autocast), and the shares are gathered (refcache.py).
+    """
     if not cfg.data.cache_references:
         return None
     cache_dir = cfg.data.reference_cache_dir or str(run_dir / "reference_cache")
     # computing the cache iterates a DataLoader, which draws from the global generators; reading it does not:
     # without the fork the same seed would train differently depending on whether the cache existed
-    with accelerator.main_process_first(), preserved_rng():
+    with preserved_rng():
         return load_or_compute_references(
             text_base, vision_base, bundle.tokenizer, bundle.image_processor, records,
             report.modalities, cache_dir, batch_size=cfg.run.eval_batch_size,
-            progress=cfg.run.progress and accelerator.is_local_main_process)
+            progress=cfg.run.progress and accelerator.is_local_main_process, num_workers=cfg.data.num_workers,
+            shard=True, autocast=accelerator.autocast, precision=accelerator.mixed_precision)
 
 
 def write_run_files(run: Run, changes: dict) -> None:
@@ -541,7 +556,6 @@ def setup(cfg: TrainConfig, lock: RunLock | None = None) -> Run:
     if val_report:
         accelerator.print(val_report.summary())
     loader = build_loader(cfg, bundle, train_records, train_report, accelerator.num_processes)
-    cached_refs = build_references(cfg, accelerator, run_dir, bundle, text_base, vision_base, train_records, train_report)
 
     # Optimizer over the LoRA parameters only (paper: Adam, lr 1e-3).
     params = trainable_parameters(text_base, vision_base)
@@ -550,6 +564,10 @@ def setup(cfg: TrainConfig, lock: RunLock | None = None) -> Run:
     # DDP wraps only encoders that train; a frozen encoder is used as it is.
     text_model = accelerator.prepare(text_base) if trainable_parameters(text_base) else text_base
     vision_model = accelerator.prepare(vision_base) if trainable_parameters(vision_base) else vision_base
+    for encoder in (text_base, vision_base):  # a frozen encoder is not prepared, so move it here
+        encoder.to(accelerator.device)
+    # On the accelerator now: the references are built there, each process embedding its share.
+    cached_refs = build_references(cfg, accelerator, run_dir, bundle, text_base, vision_base, train_records, train_report)
     if cfg.run.compile:
         text_model, vision_model = torch.compile(text_model), torch.compile(vision_model)
 
