@@ -1,6 +1,6 @@
 """A real-shape dry run: CLIP with ViT-L/14's exact configuration trains, evaluates and exports on the CPU.
 
-    python -m pytest tests/integration/test_real_shape.py -m slow      # ~10 min on 2 cores, ~6 GB of memory
+    python -m pytest tests/integration/test_real_shape.py -m slow   # ~6 min of CPU time; peaks at ~14.6 GB of memory
 
 The weights are random, drawn from the configuration (nothing is downloaded): what is exercised is the
 real backbone's shapes (24-layer 1024-wide ViT at 224 px with 14 px patches, 12-layer 768-wide text encoder
