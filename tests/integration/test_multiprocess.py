@@ -11,6 +11,7 @@ checkpoint resumes on 1 process and lands where the 1-process run does.
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -24,13 +25,20 @@ from tests.fixtures import write_quadruplets
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch(processes: int, *overrides: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": f"{ROOT / 'src'}{os.pathsep}{ROOT}", "OMP_NUM_THREADS": "1"}
     if processes == 1:
         command = [sys.executable, "-m", "safeclip.cli", "train", *overrides]
     else:
         torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
-        command = [torchrun, "--nproc_per_node", str(processes), "--master_port", "29517", "-m", "safeclip.cli", "train", *overrides]
+        port = str(free_port())  # a fixed port clashes with another run of this test on the same machine
+        command = [torchrun, "--nproc_per_node", str(processes), "--master_port", port, "-m", "safeclip.cli", "train", *overrides]
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
