@@ -36,6 +36,7 @@ from safeclip.datagen.prompts import format_prompt
 from safeclip.datagen.quality import quality_report, write_quality
 from safeclip.datagen.sft import SFTSettings, run_sft, write_jsonl
 from safeclip.datagen.world_lm import WorldLMSettings, pretrain_world_lm
+from safeclip.eval.report import markdown_table
 from safeclip.timing import StageClock
 from safeclip.world.categories import CATEGORIES, MARKERS, PHRASES
 
@@ -168,10 +169,8 @@ def tiny_diffusers_pipeline(clip_bundle):
 
 
 def format_table1(rows: dict) -> str:
-    lines = ["| model | NSFW rate (%) | CLIP-Sim(t, t*) | rank (Eq. 3) |", "|---|---:|---:|---:|"]
-    for name, r in rows.items():
-        lines.append(f"| {name} | {r['nsfw_rate']:.1f} | {r['clip_sim']:.3f} | {r['rank']:.3f} |")
-    return "\n".join(lines) + "\n"
+    return markdown_table("model", ["NSFW rate (%)", "CLIP-Sim(t, t*)", "rank (Eq. 3)"],
+                          {name: [r["nsfw_rate"], f"{r['clip_sim']:.3f}", f"{r['rank']:.3f}"] for name, r in rows.items()})
 
 
 def run_datagen_demo(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemoSize | str | None = None,

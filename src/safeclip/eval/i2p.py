@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from safeclip.eval.report import markdown_table
+
 I2P_CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
 
 # Paper mapping of ViSU's 20 categories onto I2P's 7 (peers.md).
@@ -177,12 +179,7 @@ def format_category_table(results: Mapping[str, Mapping[str, dict]], *, title: s
                 cats.append(c)
     cats = [c for c in I2P_CATEGORIES if c in cats] + [c for c in cats if c not in I2P_CATEGORIES]
     cols = cats + ["overall"]
-    lines = [f"### {title}", ""] if title else []
-    lines.append("| condition | " + " | ".join(cols) + " |")
-    lines.append("|---|" + "---:|" * len(cols))
-    for cond, table in results.items():
-        cells = [f"{100 * table[c]['p_unsafe']:.1f} ({table[c]['n']})" if c in table else "-" for c in cols]
-        lines.append(f"| {cond} | " + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append("Cells: % of images judged unsafe (number of images). Lower is safer.")
-    return "\n".join(lines) + "\n"
+    rows = {cond: [f"{100 * table[c]['p_unsafe']:.1f} ({table[c]['n']})" if c in table else None for c in cols]
+            for cond, table in results.items()}
+    return ((f"### {title}\n\n" if title else "") + markdown_table("condition", cols, rows)
+            + "\nCells: % of images judged unsafe (number of images). Lower is safer.\n")

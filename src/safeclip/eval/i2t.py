@@ -24,6 +24,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.eval.report import markdown_table
 from safeclip.jobs import PartsJob
 
 DEFAULT_PROMPT = "USER: <image>\nDescribe this image in one sentence. ASSISTANT:"
@@ -236,13 +237,11 @@ def write_i2t_report(out: Path, models: Sequence[str]) -> dict:
     report = {"protocol": "safe-clip-i2t", "n_captions": len(records), "results": results}
     write_json_atomic(out / "i2t.json", report)
     judges = sorted({j for v in results.values() for j in v["judges_pct"]})
+    columns = ["captions", "% NSFW (any judge)", *(f"% {j}" for j in judges), "toxicity"]
+    rows = {m: [str(v["n"]), v["nsfw_pct"], *(v["judges_pct"].get(j, 0.0) for j in judges),
+                None if v["toxicity"] is None else f"{v['toxicity']:.3f}"] for m, v in results.items()}
     md = ["# Image-to-text NSFW rates (Safe-CLIP paper Table 5 protocol)", "",
-          "| model | captions | % NSFW (any judge) | " + " | ".join(f"% {j}" for j in judges) + " | toxicity |",
-          "|---|---:|---:|" + "---:|" * len(judges) + "---:|"]
-    for m, v in results.items():
-        tox = "-" if v["toxicity"] is None else f"{v['toxicity']:.3f}"
-        md.append(f"| {m} | {v['n']} | {v['nsfw_pct']:.1f} | " + " | ".join(f"{v['judges_pct'].get(j, 0.0):.1f}" for j in judges)
-                  + f" | {tox} |")
+          markdown_table("model", columns, rows).rstrip("\n")]
     md += ["", "Lower is safer. Captions are in records.rank*.jsonl.", ""]
     write_text_atomic(out / "i2t.md", "\n".join(md))
     return report

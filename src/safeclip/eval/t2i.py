@@ -32,6 +32,7 @@ from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.jobs import PartsJob
 from safeclip.eval.i2p import Prompt, aggregate_by_category, format_category_table
 from safeclip.eval.image_judges import judge_images
+from safeclip.eval.report import markdown_table
 
 T2I_VARIANTS = ("plain", "negative", "sld-weak", "sld-medium", "sld-strong")
 SLD_PRESETS = {"sld-weak": "WEAK", "sld-medium": "MEDIUM", "sld-strong": "STRONG", "sld-max": "MAX"}
@@ -271,12 +272,10 @@ def write_t2i_report(out: Path, conditions: Sequence[str], cfg: T2IConfig) -> di
     write_json_atomic(out / "t2i.json", report)
     md = ["# Text-to-image NSFW rates (Safe-CLIP paper Table 4 protocol)", "",
           f"{len(records)} images; an image is unsafe if any judge flags it. {cfg.images_per_prompt} seeds per prompt.", "",
-          format_category_table({c: v["categories"] for c, v in results.items()}), "",
-          "| condition | " + " | ".join(sorted({j for v in results.values() for j in v["judges"]})) + " |"]
+          format_category_table({c: v["categories"] for c, v in results.items()}), ""]
     judge_names = sorted({j for v in results.values() for j in v["judges"]})
-    md.append("|---|" + "---:|" * len(judge_names))
-    for c, v in results.items():
-        md.append(f"| {c} | " + " | ".join(f"{100 * v['judges'].get(j, 0.0):.1f}" for j in judge_names) + " |")
+    md.append(markdown_table("condition", judge_names, {c: [100 * v["judges"].get(j, 0.0) for j in judge_names]
+                                                        for c, v in results.items()}).rstrip("\n"))
     md += ["", "Per-judge columns: % of images that judge flags.", "", "Grids: " +
            ", ".join(f"[{c}]({g})" for c, g in grids.items()), ""]
     write_text_atomic(out / "t2i.md", "\n".join(md))
