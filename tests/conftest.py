@@ -41,3 +41,27 @@ def tiny_clip_dir(tmp_path_factory, tiny_tokenizer):
     out = tmp_path_factory.mktemp("tiny_clip")
     save_merged_clip(build_tiny_clip(tiny_tokenizer, seed=0), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def openai_style_clip_dir(tmp_path_factory, tiny_tokenizer):
+    """A tiny CLIP folder stored like OpenAI's: config says logit_scale_init_value 2.6592 (a scale of 14.3),
+    the stored ``logit_scale`` weight is the trained ln 100."""
+    import math
+
+    from transformers import CLIPModel
+
+    from safeclip.models.clip import tiny_clip_config, tiny_image_processor
+
+    config = tiny_clip_config(tiny_tokenizer, image_size=32, patch_size=8, hidden_size=32, projection_dim=32,
+                              num_layers=2, num_heads=2, intermediate_size=64)
+    config.logit_scale_init_value = 2.6592
+    torch.manual_seed(0)
+    model = CLIPModel(config)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(100.0))
+    out = tmp_path_factory.mktemp("openai_style_clip")
+    model.save_pretrained(out, safe_serialization=True)
+    tiny_tokenizer.save_pretrained(out)
+    tiny_image_processor(32).save_pretrained(out)
+    return out

@@ -57,3 +57,19 @@ def test_export_cli_from_run_folder_and_merged_has_no_adapters(tmp_path, tiny_cl
     assert main(["export", "--model", str(tiny_clip_dir), "--out", str(tmp_path / "e"), "--targets", "hf,llava"]) == 0
     assert (tmp_path / "e" / "hf" / "config.json").is_file() and (tmp_path / "e" / "llava" / "vision_tower").is_dir()
     assert main(["export", "--model", str(tiny_clip_dir), "--out", str(tmp_path / "f"), "--targets", "adapters"]) != 0
+
+
+def test_exports_keep_the_stored_temperature_not_the_config_init_value(tmp_path, openai_style_clip_dir):
+    """Issue 16.1: OpenAI's configs say logit_scale_init_value 2.6592 (14.3) while the stored weight is ln 100."""
+    import json
+
+    from safetensors.torch import load_file
+
+    assert json.loads((openai_style_clip_dir / "config.json").read_text())["logit_scale_init_value"] == 2.6592
+    assert load_clip(openai_style_clip_dir).logit_scale == pytest.approx(100.0, rel=1e-5)
+    out = tmp_path / "e"
+    assert main(["export", "--model", str(openai_style_clip_dir), "--out", str(out), "--targets", "hf,openclip"]) == 0
+    exported = CLIPModel.from_pretrained(out / "hf")
+    assert float(exported.logit_scale.detach().exp()) == pytest.approx(100.0, rel=1e-5)
+    state = load_file(next((out / "openclip").glob("*.safetensors")))
+    assert float(state["logit_scale"].exp()) == pytest.approx(100.0, rel=1e-5)

@@ -196,12 +196,47 @@ def _load_processors(source: str, local_files_only: bool, fallback: str | os.Pat
 
 
 def _read_logit_scale(source: str, local_files_only: bool) -> float:
-    """exp(logit_scale) of the checkpoint when it is stored, else CLIP's 100."""
+    """exp of the checkpoint's stored ``logit_scale`` weight: the trained temperature.
+
+    The stored weight wins over ``config.logit_scale_init_value``, which is only the value training
+    started from (OpenAI's CLIP configs say 2.6592, a scale of 14.3, while their weight is ln 100).
+    Without a stored weight the config's init value is what ``CLIPModel`` would use; without either, 100.
+    """
+    stored = _stored_tensor(source, "logit_scale", local_files_only)
+    if stored is not None:
+        return float(stored.float().exp())
     try:
         config = CLIPConfig.from_pretrained(source, local_files_only=local_files_only)
         return float(torch.tensor(config.logit_scale_init_value).exp())
     except (OSError, ValueError):
         return 100.0
+
+
+def _stored_tensor(source: str, key: str, local_files_only: bool) -> torch.Tensor | None:
+    """The tensor ``key`` as stored in the checkpoint's weight files (safetensors, sharded or not, or a .bin)."""
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    def find(filename: str) -> str | None:
+        try:
+            return cached_file(source, filename, local_files_only=local_files_only,
+                               _raise_exceptions_for_missing_entries=False)
+        except OSError:
+            return None
+
+    index = find("model.safetensors.index.json")
+    if index is not None:
+        shard = json.loads(Path(index).read_text()).get("weight_map", {}).get(key)
+        files = [find(shard)] if shard else []
+    else:
+        files = [find("model.safetensors")]
+    for file in filter(None, files):
+        with safe_open(file, framework="pt") as weights:
+            if key in weights.keys():
+                return weights.get_tensor(key)
+    if index is None and files == [None] and (binary := find("pytorch_model.bin")) is not None:
+        return torch.load(binary, map_location="cpu", weights_only=True, mmap=True).get(key)
+    return None
 
 
 def build_tiny_clip(
