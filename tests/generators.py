@@ -34,3 +34,30 @@ def run_tiny_llava(tower: CLIPVisionModel, *, new_tokens: int = 3) -> int:
     out = llava.generate(input_ids=input_ids, pixel_values=torch.randn(1, 3, size, size), max_new_tokens=new_tokens,
                          do_sample=False)
     return out.shape[1] - input_ids.shape[1]
+
+
+def tiny_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 8),
+                         latent_channels=4, norm_num_groups=8, sample_size=16)
+
+
+def tiny_sdxl(text_encoder, tokenizer, text_encoder_2, tokenizer_2):
+    """A tiny StableDiffusionXLPipeline: the UNet cross-attends to both encoders' hidden states (concatenated) and
+    takes text_encoder_2's projected pooled output plus 6 time ids as its added condition, as SDXL's does."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    torch.manual_seed(0)
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 32),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=8, norm_num_groups=8, use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        cross_attention_dim=text_encoder.config.hidden_size + text_encoder_2.config.hidden_size,
+        projection_class_embeddings_input_dim=6 * time_dim + text_encoder_2.config.projection_dim)
+    return StableDiffusionXLPipeline(vae=tiny_vae(), text_encoder=text_encoder, tokenizer=tokenizer,
+                                     text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, unet=unet,
+                                     scheduler=EulerDiscreteScheduler())

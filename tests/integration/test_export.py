@@ -8,7 +8,7 @@ from safeclip.cli import main
 from safeclip.export import export_model
 from safeclip.models.clip import encode_texts, load_clip
 from safeclip.models.lora import add_lora, apply_adapters, lora_config, lora_parameters
-from tests.generators import run_tiny_llava, tiny_stable_diffusion
+from tests.generators import run_tiny_llava, tiny_sdxl, tiny_stable_diffusion
 
 
 @pytest.fixture()
@@ -73,3 +73,95 @@ def test_exports_keep_the_stored_temperature_not_the_config_init_value(tmp_path,
     assert float(exported.logit_scale.detach().exp()) == pytest.approx(100.0, rel=1e-5)
     state = load_file(next((out / "openclip").glob("*.safetensors")))
     assert float(state["logit_scale"].exp()) == pytest.approx(100.0, rel=1e-5)
+
+
+# ----------------------------------------------------------------------------- issue 16.2: SD 2 and SDXL
+
+
+def openclip_like_clip_dir(folder, tokenizer, *, hidden_size=32, projection_dim=32, num_layers=3, seed=1):
+    """A tiny CLIP folder shaped like OpenCLIP's text towers in HF format (GELU, not QuickGELU)."""
+    from safeclip.models.clip import tiny_clip_config, tiny_image_processor
+
+    config = tiny_clip_config(tokenizer, image_size=32, patch_size=8, hidden_size=hidden_size,
+                              projection_dim=projection_dim, num_layers=num_layers, num_heads=2, intermediate_size=64)
+    config.text_config.hidden_act = config.vision_config.hidden_act = "gelu"
+    torch.manual_seed(seed)
+    model = CLIPModel(config)
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    tiny_image_processor(32).save_pretrained(folder)
+    return folder
+
+
+def bang_padded(tokenizer):
+    """SD 2's and SDXL's second tokenizer pad with '!' (OpenCLIP pads with token 0)."""
+    import copy
+
+    other = copy.deepcopy(tokenizer)
+    other.pad_token = "!"
+    return other
+
+
+def test_sd2_export_conditions_on_the_penultimate_layer(tmp_path, tiny_tokenizer, capsys):
+    """SD 2's text_encoder is the ViT-H text tower cut to 23 of 24 layers with the final layer norm applied."""
+    from transformers import CLIPConfig, CLIPTextConfig, CLIPTokenizer
+
+    clip_dir = openclip_like_clip_dir(tmp_path / "vit-h-like", tiny_tokenizer)
+    # the SD 2 pipeline folder, as stabilityai/stable-diffusion-2 stores it: text_encoder one layer short
+    full = CLIPTextModel.from_pretrained(clip_dir)
+    text_config = CLIPConfig.from_pretrained(clip_dir).text_config.to_dict()
+    cut = CLIPTextModel(CLIPTextConfig.from_dict({**text_config, "num_hidden_layers": 2}))
+    missing, unexpected = cut.load_state_dict(full.state_dict(), strict=False)
+    assert not missing and unexpected and all("layers.2." in k for k in unexpected)
+    tiny_stable_diffusion(cut, bang_padded(tiny_tokenizer)).save_pretrained(tmp_path / "sd2")
+
+    out = tmp_path / "e"
+    assert main(["export", "--model", str(clip_dir), "--out", str(out), "--targets", "diffusers",
+                 "--sd-base", str(tmp_path / "sd2")]) == 0
+    assert "Stable Diffusion 2 layout (inferred" in capsys.readouterr().out
+    exported = CLIPTextModel.from_pretrained(out / "diffusers" / "text_encoder")
+    assert exported.config.num_hidden_layers == 2
+    assert CLIPTokenizer.from_pretrained(out / "diffusers" / "tokenizer").pad_token == "!"
+    tokens = tiny_tokenizer(["a red circle with a knife", "a blue star"], padding="max_length", return_tensors="pt")
+    with torch.no_grad():
+        hidden = full(**tokens, output_hidden_states=True).hidden_states[-2]
+        expected = full.final_layer_norm(hidden) if hasattr(full, "final_layer_norm") else full.text_model.final_layer_norm(hidden)
+        got = exported(**tokens).last_hidden_state
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+    assert (got - full(**tokens).last_hidden_state).abs().max() > 1e-3  # the full tower conditions differently
+
+
+@pytest.mark.parametrize("safe_slot", ["text_encoder", "text_encoder_2"])
+def test_sdxl_export_loads_in_stable_diffusion_xl(tmp_path, tiny_tokenizer, safe_slot, capsys):
+    """SDXL: text_encoder = CLIP ViT-L/14 (CLIPTextModel), text_encoder_2 = bigG (CLIPTextModelWithProjection)."""
+    from diffusers import StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
+
+    widths = {"text_encoder": 32, "text_encoder_2": 48}  # stand-ins for 768 (ViT-L/14) and 1280 (bigG/14)
+    original = {slot: openclip_like_clip_dir(tmp_path / f"orig-{slot}", tiny_tokenizer, hidden_size=width, seed=2)
+                for slot, width in widths.items()}
+    base = tiny_sdxl(CLIPTextModel.from_pretrained(original["text_encoder"]), tiny_tokenizer,
+                     CLIPTextModelWithProjection.from_pretrained(original["text_encoder_2"]), bang_padded(tiny_tokenizer))
+    base.save_pretrained(tmp_path / "sdxl")
+    safe_dir = openclip_like_clip_dir(tmp_path / "safe", tiny_tokenizer, hidden_size=widths[safe_slot], seed=3)
+
+    out = tmp_path / "e"
+    assert main(["export", "--model", str(safe_dir), "--out", str(out), "--targets", "diffusers",
+                 "--sd-base", str(tmp_path / "sdxl")]) == 0
+    assert f"Stable Diffusion xl layout (inferred: --sd-base is a StableDiffusionXLPipeline); safe text encoder in {safe_slot}/" \
+        in capsys.readouterr().out
+    folder = out / "diffusers"
+    pipe = StableDiffusionXLPipeline.from_pretrained(
+        tmp_path / "sdxl", text_encoder=CLIPTextModel.from_pretrained(folder / "text_encoder"),
+        text_encoder_2=CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2"),
+        tokenizer=CLIPTokenizer.from_pretrained(folder / "tokenizer"),
+        tokenizer_2=CLIPTokenizer.from_pretrained(folder / "tokenizer_2"))
+    image = pipe("a red circle with a knife", num_inference_steps=2, height=16, width=16, output_type="np",
+                 generator=torch.Generator().manual_seed(0)).images
+    assert image.shape == (1, 16, 16, 3)
+    safe_source, other = (safe_dir, original["text_encoder_2"]) if safe_slot == "text_encoder" else (original["text_encoder"], safe_dir)
+    for slot, source in (("text_encoder", safe_source), ("text_encoder_2", other)):
+        loader = CLIPTextModel if slot == "text_encoder" else CLIPTextModelWithProjection
+        want = loader.from_pretrained(source).state_dict()
+        got = getattr(pipe, slot).state_dict()
+        assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), slot

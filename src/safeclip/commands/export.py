@@ -15,7 +15,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Targets:\n  adapters   LoRA adapters alone (reversible safety: apply to / remove from the base)\n"
         "  hf         Hugging Face CLIP folder (CLIPModel.from_pretrained)\n"
-        "  diffusers  text_encoder/ + tokenizer/ for StableDiffusionPipeline(text_encoder=...)\n"
+        "  diffusers  the text encoder(s) a Stable Diffusion family loads: SD 1.x every layer, SD 2.x the penultimate\n"
+        "             layer with the final layer norm, SDXL text_encoder/ + text_encoder_2/ (--sd-version, --sd-base)\n"
         "  llava      vision_tower/ (CLIPVisionModel + image processor) for LLaVA\n"
         "  openclip   open_clip state dict + config (load with ViT-L-14-quickgelu: OpenAI CLIP uses QuickGELU)\n"
         "  card       README.md model card in each folder (numbers from --results)\n\n"
@@ -29,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--targets", default="adapters,hf,diffusers,llava",
                         help=f"comma-separated subset of {','.join(EXPORT_TARGETS)} (default: all)")
     parser.add_argument("--results", action="append", default=[], help="results JSON to quote in the model card, repeatable")
+    parser.add_argument("--sd-version", default="auto", choices=["auto", "1", "2", "xl"],
+                        help="Stable Diffusion family of the diffusers export (auto: inferred from the text tower or "
+                        "--sd-base where unambiguous, and printed)")
+    parser.add_argument("--sd-base", default=None,
+                        help="the diffusers pipeline the export plugs into (folder or hub id): its tokenizer, and for "
+                        "SDXL its other text encoder, are copied")
     parser.add_argument("--data", default="", help="training data to name in the model card (e.g. 'ViSU train, 80k quadruplets')")
     parser.set_defaults(func=run)
 
@@ -39,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
     bundle = resolve_model(args.model, adapters=args.adapters)
-    for target, path in export_model(bundle, args.out, targets, results=args.results, data=args.data).items():
+    for target, path in export_model(bundle, args.out, targets, results=args.results, data=args.data,
+                                     sd_version=args.sd_version, sd_base=args.sd_base).items():
         print(f"{target}: {path}")
     return 0

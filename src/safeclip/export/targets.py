@@ -5,8 +5,9 @@
 - ``adapters/``: the LoRA adapters alone (``text_adapter/``, ``vision_adapter/``); applying them to the base
   model makes it safe, removing them restores it.
 - ``hf/``: a standard Hugging Face CLIP folder (``CLIPModel.from_pretrained``), safetensors, tokenizer, processor.
-- ``diffusers/text_encoder`` + ``diffusers/tokenizer``: ``CLIPTextModel`` for
-  ``StableDiffusionPipeline.from_pretrained(base, text_encoder=CLIPTextModel.from_pretrained(...))``.
+- ``diffusers/``: the text encoder folder(s) the Stable Diffusion family loads (SD 1.x: every layer; SD 2.x: the
+  penultimate layer with the final layer norm; SDXL: ``text_encoder`` + ``text_encoder_2``), see
+  ``safeclip.export.stable_diffusion``; ``--sd-version`` / ``--sd-base`` choose it.
 - ``llava/vision_tower``: a ``CLIPVisionModel`` folder with its image processor, the layout LLaVA's vision tower loads.
 """
 
@@ -16,23 +17,14 @@ import os
 from pathlib import Path
 
 from peft import PeftModel
-from transformers import CLIPTextModel, CLIPVisionModel
+from transformers import CLIPVisionModel
 
 from safeclip.models.clip import ClipBundle
+from safeclip.export.stable_diffusion import export_stable_diffusion
 from safeclip.models.lora import merge_adapters, save_adapters, save_merged_clip
 
 DEFAULT_TARGETS = ("adapters", "hf", "diffusers", "llava")
 EXPORT_TARGETS = DEFAULT_TARGETS + ("openclip", "card")  # openclip: safeclip.export.openclip; card: README.md per folder
-
-
-def export_diffusers_text_encoder(bundle: ClipBundle, out: Path) -> Path:
-    """``text_encoder/`` (CLIPTextModel, the class Stable Diffusion uses) and ``tokenizer/``."""
-    merged = merge_adapters(bundle)
-    text = CLIPTextModel(merged.text.config)
-    getattr(text, "text_model", text).load_state_dict(merged.text.text_model.state_dict())  # flat in transformers 5
-    text.save_pretrained(out / "text_encoder", safe_serialization=True)
-    bundle.tokenizer.save_pretrained(out / "tokenizer")
-    return out
 
 
 def export_llava_tower(bundle: ClipBundle, out: Path) -> Path:
@@ -46,8 +38,12 @@ def export_llava_tower(bundle: ClipBundle, out: Path) -> Path:
 
 
 def export_model(bundle: ClipBundle, out_dir: str | os.PathLike, targets=DEFAULT_TARGETS, *,
-                 results=(), data: str = "") -> dict[str, Path]:
-    """Write each of ``targets`` for ``bundle`` (encoders with or without adapters) under ``out_dir``."""
+                 results=(), data: str = "", sd_version: str = "auto",
+                 sd_base: str | os.PathLike | None = None) -> dict[str, Path]:
+    """Write each of ``targets`` for ``bundle`` (encoders with or without adapters) under ``out_dir``.
+
+    ``sd_version`` / ``sd_base``: the Stable Diffusion family of the diffusers export (see export_stable_diffusion).
+    """
     unknown = set(targets) - set(EXPORT_TARGETS)
     if unknown:
         raise ValueError(f"unknown export target(s) {sorted(unknown)}; choose from {', '.join(EXPORT_TARGETS)}")
@@ -62,7 +58,7 @@ def export_model(bundle: ClipBundle, out_dir: str | os.PathLike, targets=DEFAULT
         elif target == "hf":
             written[target] = save_merged_clip(bundle, out / "hf")
         elif target == "diffusers":
-            written[target] = export_diffusers_text_encoder(bundle, out / "diffusers")
+            written[target] = export_stable_diffusion(bundle, out / "diffusers", sd_version, sd_base)
         elif target == "llava":
             written[target] = export_llava_tower(bundle, out / "llava")
         elif target == "openclip":
