@@ -96,3 +96,35 @@ def test_export_cli_writes_model_cards_with_measured_numbers(tmp_path, tiny_clip
     assert "claims no numbers" in (no_numbers / "README.md").read_text()
     assert main(["export", "--model", str(tiny_clip_dir), "--out", str(tmp_path / "m"), "--targets", "card",
                  "--results", str(tmp_path / "missing.json")]) == 2
+
+
+def import_open_clip():
+    """open_clip itself, or a skip that says why (it imports torchvision, which has no build for CI's CPU torch 2.13.0;
+    it installs beside torch 2.14.1 + torchvision 0.29.1 from the same package index)."""
+    try:
+        import open_clip
+    except ImportError as err:
+        pytest.skip(f"open_clip with a compatible torchvision is not installed ({err}); CI's CPU torch 2.13.0 has no "
+                    "torchvision build, so this check runs where torch 2.14.1 + torchvision 0.29.1 + open_clip_torch are")
+    return open_clip
+
+
+def test_openclip_export_loads_in_open_clip_and_matches_hf(tmp_path, safe_bundle):
+    """Issue 16.9: open_clip's own loader and forward pass, not one written for the test."""
+    open_clip = import_open_clip()
+    folder = export_model(safe_bundle, tmp_path / "export", ["openclip"])["openclip"]
+    model = open_clip.create_model(f"local-dir:{folder}").eval()
+    tokens = safe_bundle.tokenizer(TEXTS, padding="max_length", return_tensors="pt")["input_ids"]  # (B, context)
+    with torch.no_grad():
+        text = model.encode_text(tokens)
+    torch.testing.assert_close(text, encode_texts(safe_bundle.text, safe_bundle.tokenizer, TEXTS), atol=1e-4, rtol=0)
+    from PIL import Image
+
+    torch.manual_seed(2)
+    images = [Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()) for _ in range(2)]
+    pixels = safe_bundle.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        image = model.encode_image(pixels)
+    torch.testing.assert_close(image, encode_images(safe_bundle.vision, safe_bundle.image_processor, images),
+                               atol=1e-4, rtol=0)
+    assert float(model.logit_scale.exp()) == pytest.approx(safe_bundle.logit_scale, rel=1e-5)

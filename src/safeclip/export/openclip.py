@@ -3,8 +3,9 @@
     safeclip export --model runs/vit-l-14 --out export/ --targets openclip
     # then, with open_clip installed (it needs torchvision):
     import open_clip
-    model, _, preprocess = open_clip.create_model_and_transforms(
-        "ViT-L-14-quickgelu", pretrained="export/openclip/open_clip_model.safetensors")
+    model, _, preprocess = open_clip.create_model_and_transforms("local-dir:export/openclip")   # open_clip >= 3
+    # or: open_clip.create_model_and_transforms("ViT-L-14-quickgelu",
+    #         pretrained="export/openclip/open_clip_model.safetensors")
 
 QuickGELU: OpenAI CLIP (and so Safe-CLIP, which fine-tunes it) uses QuickGELU, ``x * sigmoid(1.702 x)``;
 open_clip's plain ``ViT-L-14`` config uses nn.GELU, which silently degrades the embeddings. Load with the
@@ -131,8 +132,19 @@ def openclip_model_config(text_config, vision_config, projection_dim: int) -> di
         "text_cfg": {"context_length": text_config.max_position_embeddings, "vocab_size": text_config.vocab_size,
                      "width": text_config.hidden_size, "heads": text_config.num_attention_heads,
                      "layers": text_config.num_hidden_layers,
-                     "mlp_ratio": text_config.intermediate_size / text_config.hidden_size},
+                     "mlp_ratio": text_config.intermediate_size / text_config.hidden_size,
+                     **text_pooling(text_config)},
     }
+
+
+def text_pooling(text_config) -> dict:
+    """open_clip pools text at the highest token id ('argmax'), right for OpenAI's vocabulary, whose end token is
+    the last id (and for HF's legacy ``eos_token_id == 2`` configs, which pool the same way). A vocabulary whose
+    end token is another id (the offline world's) needs open_clip's ``pool_type: eos`` (open_clip >= 2.24)."""
+    eos = text_config.eos_token_id
+    if eos is None or eos == 2 or eos == text_config.vocab_size - 1:
+        return {}
+    return {"pool_type": "eos", "eos_id": int(eos)}
 
 
 def openclip_layout(model_cfg: dict) -> dict[str, tuple[int, ...]]:
