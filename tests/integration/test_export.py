@@ -165,3 +165,25 @@ def test_sdxl_export_loads_in_stable_diffusion_xl(tmp_path, tiny_tokenizer, safe
         want = loader.from_pretrained(source).state_dict()
         got = getattr(pipe, slot).state_dict()
         assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), slot
+
+
+def test_t2i_cuts_a_full_depth_safe_encoder_for_an_sd2_pipeline(tmp_path, tiny_tokenizer):
+    """`eval t2i --sd <SD 2> --safe-encoder <run>`: the safe tower conditions on its penultimate layer too."""
+    from transformers import CLIPConfig, CLIPTextConfig
+
+    from safeclip.eval.t2i import match_pipeline_depth
+
+    clip_dir = openclip_like_clip_dir(tmp_path / "vit-h-like", tiny_tokenizer)
+    full = CLIPTextModel.from_pretrained(clip_dir)
+    text_config = CLIPConfig.from_pretrained(clip_dir).text_config.to_dict()
+    sd2_encoder = CLIPTextModel(CLIPTextConfig.from_dict({**text_config, "num_hidden_layers": 2}))
+    cut = match_pipeline_depth(full, sd2_encoder, "safe")
+    tokens = tiny_tokenizer(["a red circle with a knife"], padding="max_length", return_tensors="pt")
+    with torch.no_grad():
+        hidden = full(**tokens, output_hidden_states=True).hidden_states[-2]
+        norm = full.final_layer_norm if hasattr(full, "final_layer_norm") else full.text_model.final_layer_norm
+        torch.testing.assert_close(cut(**tokens).last_hidden_state, norm(hidden), atol=1e-6, rtol=1e-5)
+    assert match_pipeline_depth(full, full, "safe") is full
+    one_layer = CLIPTextModel(CLIPTextConfig.from_dict({**text_config, "num_hidden_layers": 1}))
+    with pytest.raises(ValueError, match="3 layers but the pipeline's has 1"):
+        match_pipeline_depth(full, one_layer, "safe")

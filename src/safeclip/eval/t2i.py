@@ -103,6 +103,22 @@ def load_text_encoder(spec: str | os.PathLike, *, dtype: torch.dtype | None = No
     return text.to(dtype) if dtype is not None else text
 
 
+def match_pipeline_depth(encoder, pipeline_encoder, label: str):
+    """SD 2 stores its text encoder cut to the penultimate layer: a full-depth Safe-CLIP tower (a run or merged
+    folder) is cut the same way (safeclip.export.stable_diffusion); any other depth mismatch is an error."""
+    depth, want = encoder.config.num_hidden_layers, pipeline_encoder.config.num_hidden_layers
+    if depth == want:
+        return encoder
+    if depth == want + 1:
+        from safeclip.export.stable_diffusion import penultimate_text_encoder
+
+        print(f"text encoder {label!r}: {depth} layers, the pipeline's {want}: conditioning on its penultimate layer "
+              "(Stable Diffusion 2.x)")
+        return penultimate_text_encoder(encoder)
+    raise ValueError(f"text encoder {label!r} has {depth} layers but the pipeline's has {want}; use a Safe-CLIP model "
+                     "trained from the pipeline's CLIP text encoder")
+
+
 def _safe_pipeline(components: dict):
     from diffusers import StableDiffusionPipelineSafe
 
@@ -127,6 +143,7 @@ def build_generators(base_pipe, safe_encoders: Mapping[str, torch.nn.Module], cf
         if emb < vocab:
             raise ValueError(f"text encoder {label!r} has {emb} token embeddings but the pipeline's tokenizer has {vocab}; "
                              "use a Safe-CLIP model trained from the pipeline's CLIP text encoder")
+        encoder = match_pipeline_depth(encoder, base_pipe.text_encoder, label)
         encoder.to(base_pipe.device, dtype=base_pipe.text_encoder.dtype)
         components = {**base_pipe.components, "text_encoder": encoder}
         plain = StableDiffusionPipeline(**{k: v for k, v in components.items() if k != "requires_safety_checker"},
