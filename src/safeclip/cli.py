@@ -26,6 +26,7 @@ COMMAND_GROUPS: list[str] = [
     "safeclip.commands.compare",
     "safeclip.commands.datagen",
     "safeclip.commands.hysac",
+    "safeclip.commands.explore",
 ]
 
 

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from safeclip.data.quadruplets import Quadruplet
 from safeclip.distributed import all_agree, world_size
 from safeclip.eval.embed import embed_quadruplets, shard_rows
+from safeclip.fingerprint import update_with_file, update_with_processors, update_with_tensors
 from safeclip.models.lora import adapters_disabled, base_parameters
 
 CACHE_VERSION = "2"  # 2: tensors named after the modality they embed (safe_text_ref)
@@ -39,17 +40,13 @@ def reference_fingerprint(text_model, vision_model, tokenizer, image_processor, 
     if precision not in ("no", ""):
         h.update(f"autocast={precision}".encode())
     for model in (text_model, vision_model):
-        for name, param in sorted(base_parameters(model).items()):
-            h.update(name.encode())
-            h.update(param.detach().float().cpu().numpy().tobytes())
-    h.update(str(sorted(tokenizer.get_vocab().items())[:50]).encode() + str(len(tokenizer)).encode())
-    h.update(image_processor.to_json_string().encode())
+        update_with_tensors(h, base_parameters(model))
+    update_with_processors(h, tokenizer, image_processor)
     h.update(",".join(modalities).encode())
     for record in records:
         h.update((record.safe_text or "").encode())
         if record.safe_image is not None:
-            stat = record.safe_image.stat()
-            h.update(f"{record.safe_image}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            update_with_file(h, record.safe_image)
     return h.hexdigest()
 
 

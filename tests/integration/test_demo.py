@@ -79,3 +79,22 @@ def test_seed_table_shows_mean_and_spread():
     table = format_seed_table(summary, [0, 1, 2])
     assert "seeds 0, 1, 2" in table.splitlines()[0]
     assert table.splitlines()[4] == "| base | " + " | ".join(["20.0 ± 8.2"] * 6) + " |"
+
+
+def test_demo_prints_the_explore_command_for_its_outputs(demo, capsys, tmp_path):
+    import argparse
+    import shlex
+
+    from safeclip.cli import build_parser
+    from safeclip.commands.demo import print_explore_command
+    from safeclip.explore.search import Explorer
+
+    out, _ = demo
+    print_explore_command(argparse.Namespace(out=str(out), seeds=""))
+    command = capsys.readouterr().out.strip().splitlines()[-1]
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert args.command == "explore"
+    explorer = Explorer(dict(m.split("=", 1) for m in args.model), args.gallery, tmp_path / "cache")
+    explorer.prepare()
+    assert [(m["label"], m["state"]) for m in explorer.status()["models"]] == [("base", "ready"), ("safe-clip", "ready")]
+    assert explorer.gallery.counts().endswith("unsafe) captions")

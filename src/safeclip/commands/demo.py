@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -24,4 +25,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from safeclip.demo import demo_main
 
-    return demo_main(args.out, args.seed, args.seeds)
+    code = demo_main(args.out, args.seed, args.seeds)
+    print_explore_command(args)
+    return code
+
+
+def print_explore_command(args: argparse.Namespace) -> None:
+    """The one command that opens the explore page on the demo's own base, Safe-CLIP run and test split."""
+    from safeclip.commands.explore import explore_command
+
+    seeds = [s.strip() for s in args.seeds.split(",") if s.strip()]
+    out = Path(args.out) / f"seed-{seeds[0]}" if seeds else Path(args.out)
+    command = explore_command({"base": out / "base", "safe-clip": out / "run"}, out / "world" / "test.jsonl")
+    print(f"Try your own queries on both models in the browser:\n  {command}")
