@@ -138,6 +138,17 @@ def test_bad_input_gets_a_message(server):
     assert status == 400 and "--sd" in json.loads(body)["error"]
 
 
+def test_listens_on_loopback_and_answers_only_requests_for_it(server):
+    assert server.server_address[0] == "127.0.0.1"
+    request = urllib.request.Request(server.url + "api/status", headers={"Host": "attacker.example:80"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 403
+    request = urllib.request.Request(server.url + "api/status", headers={"Host": f"localhost:{server.server_address[1]}"})
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        assert reply.status == 200
+
+
 def test_gallery_without_images_or_captions_is_explained(tmp_path, tiny_clip_dir):
     texts = tmp_path / "texts.jsonl"
     texts.write_text('{"safe_text": "a red circle", "unsafe_text": "a red circle covered in blood"}\n')
@@ -291,3 +302,15 @@ def test_page_in_headless_chromium(tmp_path, tiny_clip_dir, safe_dir, gallery_fi
         proc.wait(timeout=30)
     log = (tmp_path / "log.txt").read_text()
     assert "base: ready" in log and "safe-clip: ready" in log
+
+
+def test_command_line_mistakes_are_explained(capsys, tiny_clip_dir, gallery_file):
+    from safeclip.cli import main
+
+    common = ["explore", "--gallery", str(gallery_file), "--port", "0"]
+    assert main(common + ["--model", f"a={tiny_clip_dir}", "--model", f"a={tiny_clip_dir}"]) == 2
+    assert "share a label" in capsys.readouterr().err
+    assert main(common + ["--model", f"a={tiny_clip_dir}", "--adapters", "b=somewhere"]) == 2
+    assert "--adapters names b" in capsys.readouterr().err
+    assert main(["explore", "--gallery", str(gallery_file), "--port", "70000", "--model", str(tiny_clip_dir)]) == 2
+    assert "is not a port number" in capsys.readouterr().err

@@ -13,6 +13,7 @@ the cached gallery with one matrix product: well under a second on the CPU for a
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 import traceback
@@ -26,6 +27,7 @@ from safeclip.explore.gallery import Gallery, GalleryEmbeddings, load_or_embed_g
 from safeclip.models.clip import encode_images, encode_texts
 
 MAX_K = 100
+KEEP_GENERATED = 200  # generated images kept for the page (the oldest are dropped)
 
 
 class QueryError(ValueError):
@@ -72,6 +74,7 @@ class Explorer:
     gallery_error: str = ""
     states: dict[str, ModelState] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _image_ids: itertools.count = field(default_factory=itertools.count, repr=False)
 
     def __post_init__(self) -> None:
         self.states = {label: ModelState(label, str(spec), self.adapters.get(label)) for label, spec in self.models.items()}
@@ -196,9 +199,11 @@ class Explorer:
         images = self.painter.paint(prompt)
         ids = {}
         for label in wanted:
-            image_id = f"{len(self.generated)}"
+            image_id = str(next(self._image_ids))
             self.generated[image_id] = images[label]
             ids[label] = image_id
+        for old in list(self.generated)[:-KEEP_GENERATED]:
+            del self.generated[old]
         return {"prompt": prompt, "seed": self.seed, "images": ids}
 
     def _answer(self, kind: str, query: str, states: list[ModelState], k: int, encode, side: str) -> dict:

@@ -34,6 +34,7 @@ from safeclip.explore.search import Explorer, QueryError
 from safeclip.explore.thumbnails import file_thumbnail_png, thumbnail_png
 
 MAX_UPLOAD_BYTES = 32 * 2**20
+LOOPBACK = ("127.0.0.1", "::1")
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"), "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/static/style.css": ("style.css", "text/css; charset=utf-8")}
 
@@ -83,7 +84,20 @@ class ExploreHandler(BaseHTTPRequestHandler):
 
     # ------------------------------------------------------------------ routing
 
+    def _host_refused(self) -> bool:
+        """On a loopback address, answer only requests addressed to this machine (no DNS rebinding from a web site)."""
+        if self.server.server_address[0] not in LOOPBACK:
+            return False
+        host = (self.headers.get("Host") or "").strip()
+        name = host[1:host.index("]")] if host.startswith("[") and "]" in host else host.rsplit(":", 1)[0]
+        if name in LOOPBACK or name == "localhost":
+            return False
+        self._error(f"this page answers requests for 127.0.0.1 or localhost only, not {host!r}", HTTPStatus.FORBIDDEN)
+        return True
+
     def do_GET(self) -> None:  # noqa: N802 - the base class's name
+        if self._host_refused():
+            return
         url = urlsplit(self.path)
         params = {k: v[-1] for k, v in parse_qs(url.query).items()}
         try:
@@ -115,6 +129,8 @@ class ExploreHandler(BaseHTTPRequestHandler):
                     "the traceback)", HTTPStatus.INTERNAL_SERVER_ERROR)
 
     def do_POST(self) -> None:  # noqa: N802 - the base class's name
+        if self._host_refused():
+            return
         url = urlsplit(self.path)
         params = {k: v[-1] for k, v in parse_qs(url.query).items()}
         if url.path != "/api/search-image":
