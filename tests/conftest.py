@@ -65,3 +65,14 @@ def openai_style_clip_dir(tmp_path_factory, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(out)
     tiny_image_processor(32).save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def safe_clip_dir(tmp_path_factory, tiny_tokenizer):
+    """A second tiny CLIP folder (seed 1), standing in for a fine-tuned model beside ``tiny_clip_dir``."""
+    from safeclip.models.clip import build_tiny_clip
+    from safeclip.models.lora import save_merged_clip
+
+    out = tmp_path_factory.mktemp("safe_clip")
+    save_merged_clip(build_tiny_clip(tiny_tokenizer, seed=1), out)
+    return out

@@ -16,18 +16,10 @@ from PIL import Image
 
 from safeclip.explore.search import Explorer
 from safeclip.explore.server import serve_in_thread
-from safeclip.models.clip import build_tiny_clip, encode_images, encode_texts, load_clip
-from safeclip.models.lora import save_merged_clip
+from safeclip.models.clip import encode_images, encode_texts, load_clip
 from tests.fixtures import write_quadruplets
 
 QUERY = "a red circle covered in blood"
-
-
-@pytest.fixture(scope="module")
-def safe_dir(tmp_path_factory, tiny_tokenizer):
-    out = tmp_path_factory.mktemp("safe_clip")
-    save_merged_clip(build_tiny_clip(tiny_tokenizer, seed=1), out)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +28,8 @@ def gallery_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, tiny_clip_dir, safe_dir, gallery_file):
-    explorer = Explorer({"base": str(tiny_clip_dir), "safe-clip": str(safe_dir)}, str(gallery_file),
+def server(tmp_path_factory, tiny_clip_dir, safe_clip_dir, gallery_file):
+    explorer = Explorer({"base": str(tiny_clip_dir), "safe-clip": str(safe_clip_dir)}, str(gallery_file),
                         tmp_path_factory.mktemp("cache"))
     explorer.prepare()
     srv = serve_in_thread(explorer)
@@ -82,12 +74,12 @@ def sharpest_edge(png: bytes) -> float:
     return float(max(np.abs(np.diff(pixels, axis=0)).max(), np.abs(np.diff(pixels, axis=1)).max()))
 
 
-def test_text_query_ranks_each_models_gallery_images(server, tiny_clip_dir, safe_dir, gallery_file):
+def test_text_query_ranks_each_models_gallery_images(server, tiny_clip_dir, safe_clip_dir, gallery_file):
     status, body = get(server.url + "api/search?q=" + urllib.request.quote(QUERY) + "&k=5")
     assert status == 200
     answer = json.loads(body)
     assert list(answer["models"]) == ["base", "safe-clip"]
-    for label, folder in (("base", tiny_clip_dir), ("safe-clip", safe_dir)):
+    for label, folder in (("base", tiny_clip_dir), ("safe-clip", safe_clip_dir)):
         results = answer["models"][label]["results"]
         assert [r["rank"] for r in results] == [1, 2, 3, 4, 5]
         assert_ranked_like(results, expected_image_scores(folder, gallery_file, QUERY))
@@ -184,13 +176,13 @@ def test_unknown_model_is_reported_and_the_others_still_answer(tmp_path, tiny_cl
     assert answer["models"]["typo"]["results"] == [] and "unknown model" in answer["models"]["typo"]["message"]
 
 
-def test_generates_one_image_per_text_encoder_with_one_seed(tmp_path, tiny_clip_dir, tiny_tokenizer, safe_dir, gallery_file):
+def test_generates_one_image_per_text_encoder_with_one_seed(tmp_path, tiny_clip_dir, tiny_tokenizer, safe_clip_dir, gallery_file):
     pytest.importorskip("diffusers")
     from safeclip.eval.t2i import load_text_encoder
     from tests.generators import tiny_stable_diffusion
 
     tiny_stable_diffusion(load_text_encoder(tiny_clip_dir), tiny_tokenizer).save_pretrained(tmp_path / "sd")
-    explorer = Explorer({"base": str(tiny_clip_dir), "safe-clip": str(safe_dir), "base-again": str(tiny_clip_dir)},
+    explorer = Explorer({"base": str(tiny_clip_dir), "safe-clip": str(safe_clip_dir), "base-again": str(tiny_clip_dir)},
                         str(gallery_file), tmp_path / "cache", sd=str(tmp_path / "sd"), sd_steps=2, seed=5)
     explorer.prepare()
     assert explorer.painter_state == "ready", explorer.painter_message
@@ -264,13 +256,13 @@ def start_app(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     raise AssertionError(f"safeclip explore did not start:\n{log.read_text()}")
 
 
-def test_page_in_headless_chromium(tmp_path, tiny_clip_dir, safe_dir, gallery_file):
+def test_page_in_headless_chromium(tmp_path, tiny_clip_dir, safe_clip_dir, gallery_file):
     from safeclip.explore import browser
 
     problem = browser.browser_missing()
     if problem:
         pytest.skip(problem)
-    proc, url = start_app(["--model", f"base={tiny_clip_dir}", "--model", f"safe-clip={safe_dir}",
+    proc, url = start_app(["--model", f"base={tiny_clip_dir}", "--model", f"safe-clip={safe_clip_dir}",
                            "--gallery", str(gallery_file), "--cache-dir", str(tmp_path / "cache")], tmp_path / "log.txt")
     driver = browser.open_chromium(width=1200, height=900)
     try:
@@ -278,7 +270,7 @@ def test_page_in_headless_chromium(tmp_path, tiny_clip_dir, safe_dir, gallery_fi
         browser.wait_until_ready(driver)
         columns = browser.submit_query(driver, QUERY, k=6)
         assert list(columns) == ["base", "safe-clip"]
-        for label, folder in (("base", tiny_clip_dir), ("safe-clip", safe_dir)):
+        for label, folder in (("base", tiny_clip_dir), ("safe-clip", safe_clip_dir)):
             shown = columns[label]
             assert [r["rank"] for r in shown] == list(range(1, 7))
             assert_ranked_like(shown, expected_image_scores(folder, gallery_file, QUERY))

@@ -17,7 +17,6 @@ from safeclip.eval.i2p import Prompt
 from safeclip.eval.i2t import build_captioners, read_images, run_i2t
 from safeclip.eval.t2i import T2IConfig, build_generators, load_text_encoder, run_t2i, work_items
 from safeclip.models.clip import build_tiny_clip
-from safeclip.models.lora import save_merged_clip
 from tests.generators import tiny_stable_diffusion
 
 PROMPTS = [Prompt("p0", "a red circle covered in blood", ("violence",)),
@@ -45,13 +44,6 @@ class CountingGenerate:
     def __call__(self, texts, seeds):
         self.images += len(texts)
         return self.fn(texts, seeds)
-
-
-@pytest.fixture(scope="module")
-def safe_clip_dir(tmp_path_factory, tiny_tokenizer):
-    out = tmp_path_factory.mktemp("safe_clip")
-    save_merged_clip(build_tiny_clip(tiny_tokenizer, seed=1), out)
-    return out
 
 
 @pytest.fixture(scope="module")
