@@ -181,9 +181,14 @@ def test_generates_one_image_per_text_encoder_with_one_seed(tmp_path, tiny_clip_
     from safeclip.eval.t2i import load_text_encoder
     from tests.generators import tiny_stable_diffusion
 
+    from safeclip.models.lora import save_adapters
+    from tests.unit.test_models import with_random_lora
+
     tiny_stable_diffusion(load_text_encoder(tiny_clip_dir), tiny_tokenizer).save_pretrained(tmp_path / "sd")
-    explorer = Explorer({"base": str(tiny_clip_dir), "safe-clip": str(safe_clip_dir), "base-again": str(tiny_clip_dir)},
-                        str(gallery_file), tmp_path / "cache", sd=str(tmp_path / "sd"), sd_steps=2, seed=5)
+    save_adapters(with_random_lora(load_clip(tiny_clip_dir)), tmp_path / "adapters")
+    explorer = Explorer({"base": str(tiny_clip_dir), "safe-clip": str(safe_clip_dir), "base-again": str(tiny_clip_dir),
+                         "base+lora": str(tiny_clip_dir)}, str(gallery_file), tmp_path / "cache",
+                        adapters={"base+lora": str(tmp_path / "adapters")}, sd=str(tmp_path / "sd"), sd_steps=2, seed=5)
     explorer.prepare()
     assert explorer.painter_state == "ready", explorer.painter_message
     srv = serve_in_thread(explorer)
@@ -196,9 +201,10 @@ def test_generates_one_image_per_text_encoder_with_one_seed(tmp_path, tiny_clip_
     finally:
         srv.shutdown()
         srv.server_close()
-    assert set(ids) == {"base", "safe-clip", "base-again"}
+    assert set(ids) == {"base", "safe-clip", "base-again", "base+lora"}
     assert clear["base"] == clear["base-again"]  # same encoder, same seed: the same image
     assert clear["base"] != clear["safe-clip"]  # another text encoder changes the image
+    assert clear["base"] != clear["base+lora"]  # --adapters reach the text encoder too
     assert blurred != clear["base"]  # generated images are blurred by default
 
 

@@ -85,19 +85,20 @@ def make_generator(pipe, variant: str, cfg: T2IConfig) -> Generate:
     return generate
 
 
-def load_text_encoder(spec: str | os.PathLike, *, dtype: torch.dtype | None = None):
+def load_text_encoder(spec: str | os.PathLike, *, dtype: torch.dtype | None = None,
+                      adapters: str | os.PathLike | None = None):
     """A ``CLIPTextModel`` from a Safe-CLIP export (``diffusers/`` or ``text_encoder/``), a merged CLIP folder or
-    hub id, or a run folder (its base + best adapters, merged)."""
+    hub id, or a run folder (its base + best adapters, merged); ``adapters`` are merged into ``spec`` when given."""
     from transformers import CLIPTextModel
 
     path = Path(spec)
     for sub in (path / "diffusers" / "text_encoder", path / "text_encoder"):
-        if (sub / "config.json").is_file():
+        if adapters is None and (sub / "config.json").is_file():
             return CLIPTextModel.from_pretrained(sub, torch_dtype=dtype)
     from safeclip.models.lora import merge_adapters
     from safeclip.models.resolve import resolve_model
 
-    merged = merge_adapters(resolve_model(spec))
+    merged = merge_adapters(resolve_model(spec, adapters=adapters))
     text = CLIPTextModel(merged.text.config)
     getattr(text, "text_model", text).load_state_dict(merged.text.text_model.state_dict())
     return text.to(dtype) if dtype is not None else text

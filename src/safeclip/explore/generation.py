@@ -22,11 +22,12 @@ PIPELINE_LABEL = "sd-own-encoder"  # the pipeline's own text encoder (built by b
 class Painter:
     """Generates one image per model for a prompt; loads the pipeline and the text encoders once."""
 
-    def __init__(self, sd: str, models: Mapping[str, str], *, steps: int = 25, seed: int = 0,
-                 guidance_scale: float = 7.5, device: str | None = None) -> None:
+    def __init__(self, sd: str, models: Mapping[str, str], *, adapters: Mapping[str, str] | None = None,
+                 steps: int = 25, seed: int = 0, guidance_scale: float = 7.5, device: str | None = None) -> None:
         self.seed = seed
         self.pipe = load_stable_diffusion(sd, device=device)
-        encoders = {label: load_text_encoder(spec) for label, spec in models.items()}
+        adapters = adapters or {}
+        encoders = {label: load_text_encoder(spec, adapters=adapters.get(label)) for label, spec in models.items()}
         cfg = T2IConfig(images_per_prompt=1, seed=seed, steps=steps, guidance_scale=guidance_scale, variants=("plain",))
         generators = build_generators(self.pipe, encoders, cfg, base_label=PIPELINE_LABEL)
         self.generators = {label: generators[f"{label}+plain"] for label in models}

@@ -110,7 +110,7 @@ class Explorer:
         self.painter_state = "loading"
         try:
             ready = {label: state.spec for label, state in self.states.items() if state.state == "ready"}
-            self.painter = Painter(self.sd, ready, steps=self.sd_steps, seed=self.seed)
+            self.painter = Painter(self.sd, ready, adapters=self.adapters, steps=self.sd_steps, seed=self.seed)
             self.painter_state, self.painter_message = "ready", f"{self.sd}, {self.sd_steps} steps, seed {self.seed}"
         except Exception as err:  # shown on the page; retrieval keeps working
             self.painter_state = "error"
