@@ -256,7 +256,7 @@ def start_app(args: list[str], log: Path) -> tuple[subprocess.Popen, str]:
     handle = log.open("w")
     proc = subprocess.Popen([sys.executable, "-m", "safeclip.cli", "explore", *args, "--port", "0"],
                             stdout=handle, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # importing torch on a busy shared CPU can take minutes
     while time.monotonic() < deadline:
         found = re.search(r"open (http://127\.0\.0\.1:\d+/)", log.read_text())
         if found:
