@@ -67,7 +67,7 @@ from safeclip.models.clip import (
 from safeclip.models.lora import adapters_disabled
 from safeclip.models.tokenizer import train_clip_tokenizer
 from safeclip.refcache import load_or_compute_references
-from safeclip.train import loss_weights, prepare_encoders, safe_clip_step_losses
+from safeclip.train import prepare_encoders, safe_clip_step_losses
 from safeclip.world.categories import MARKERS, PHRASES
 from safeclip.world.scenes import caption, render, sample_scene
 
@@ -158,7 +158,8 @@ def straightforward_step(text, vision, batch: dict, cfg, refs: dict | None = Non
         safe_image=encode_pixel_batch(vision, batch["safe_pixels"]),
         unsafe_image=encode_pixel_batch(vision, batch["unsafe_pixels"]),
         safe_text_ref=refs["safe_text_ref"], safe_image_ref=refs["safe_image_ref"],
-        weights=loss_weights(cfg), temperature=cfg.loss.temperature)
+        weights=cfg.loss.weights(), temperature=cfg.loss.temperature,
+        info_nce_scale=cfg.loss.info_nce_scale, cosine_form=cfg.loss.cosine_form)
 
 
 @contextlib.contextmanager

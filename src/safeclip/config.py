@@ -15,9 +15,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import yaml
+
+
+LOSS_TERM_NAMES = ("redirection_contrastive", "redirection_cosine", "preservation_cosine", "preservation_contrastive")
+LOSS_HALF_NAMES = tuple(f"{term}_{side}" for term in LOSS_TERM_NAMES for side in ("text", "vision"))
 
 
 class ConfigError(ValueError):
@@ -70,11 +74,27 @@ class DataConfig:
 @dataclass
 class LossConfig:
     temperature: float = _f(0.01, "Contrastive temperature tau (authors: logit scale 100 = 1/0.01).")
-    redirection_contrastive: float = _f(0.375, "Weight of Eq. 4 (authors' lambdas 0.25 text / 0.5 vision, averaged).")
-    redirection_cosine: float = _f(0.15, "Weight of Eq. 5 (authors' 0.1 text / 0.2 vision, averaged).")
-    preservation_cosine: float = _f(0.1, "Weight of Eq. 6 (authors' 0.1 text / 0.1 vision).")
-    preservation_contrastive: float = _f(0.25, "Weight of Eq. 7 (authors' 0.25 text / 0.25 vision).")
+    redirection_contrastive: float = _f(0.375, "Weight of Eq. 4, both halves (authors' lambdas 0.25 text / 0.5 vision, averaged).")
+    redirection_cosine: float = _f(0.15, "Weight of Eq. 5, both halves (authors' 0.1 text / 0.2 vision, averaged).")
+    preservation_cosine: float = _f(0.1, "Weight of Eq. 6, both halves (authors' 0.1 text / 0.1 vision).")
+    preservation_contrastive: float = _f(0.25, "Weight of Eq. 7, both halves (authors' 0.25 text / 0.25 vision).")
+    redirection_contrastive_text: Optional[float] = _f(None, "Weight of Eq. 4's text half InfoNCE(T(t*), V0(v)) alone (empty: redirection_contrastive).")
+    redirection_contrastive_vision: Optional[float] = _f(None, "Weight of Eq. 4's vision half InfoNCE(T0(t), V(v*)) alone (empty: redirection_contrastive).")
+    redirection_cosine_text: Optional[float] = _f(None, "Weight of Eq. 5's text half cos(T(t*), T0(t)) alone (empty: redirection_cosine).")
+    redirection_cosine_vision: Optional[float] = _f(None, "Weight of Eq. 5's vision half cos(V(v*), V0(v)) alone (empty: redirection_cosine).")
+    preservation_cosine_text: Optional[float] = _f(None, "Weight of Eq. 6's text half cos(T(t), T0(t)) alone (empty: preservation_cosine).")
+    preservation_cosine_vision: Optional[float] = _f(None, "Weight of Eq. 6's vision half cos(V(v), V0(v)) alone (empty: preservation_cosine).")
+    preservation_contrastive_text: Optional[float] = _f(None, "Weight of Eq. 7's text half InfoNCE(T(t), V0(v)) alone (empty: preservation_contrastive).")
+    preservation_contrastive_vision: Optional[float] = _f(None, "Weight of Eq. 7's vision half InfoNCE(T0(t), V(v)) alone (empty: preservation_contrastive).")
+    info_nce_scale: float = _f(1.0, "Factor on each symmetric InfoNCE (CE rows + CE columns): 1 as Eq. 4/7 are written; the authors' code uses 0.5.")
+    cosine_form: str = _f("negative", "Cosine terms (Eq. 5/6) as 'negative' (-cos, the paper) or 'distance' (1 - cos, the authors; same gradients).")
     gather_across_processes: bool = _f(True, "Contrastive terms (Eq. 4, 7) over the global batch: all-gather embeddings across processes (no effect with one process).")
+
+    def weights(self) -> dict[str, float]:
+        """The four term weights, plus every half whose own weight is set (see safeclip.losses.LOSS_HALVES)."""
+        weights = {name: float(getattr(self, name)) for name in LOSS_TERM_NAMES}
+        weights.update({name: float(getattr(self, name)) for name in LOSS_HALF_NAMES if getattr(self, name) is not None})
+        return weights
 
 
 @dataclass
@@ -130,9 +150,9 @@ class TrainConfig:
             (self.model.dtype in {"float32", "bfloat16", "float16"}, "model.dtype must be float32, bfloat16 or float16"),
             (self.model.attn_implementation in {"sdpa", "eager", "flash_attention_2"},
              "model.attn_implementation must be sdpa, eager or flash_attention_2"),
-            (all(w >= 0 for w in (self.loss.redirection_contrastive, self.loss.redirection_cosine,
-                                  self.loss.preservation_cosine, self.loss.preservation_contrastive)),
-             "loss weights must be >= 0"),
+            (all(w >= 0 for w in self.loss.weights().values()), "loss weights must be >= 0"),
+            (self.loss.info_nce_scale > 0, "loss.info_nce_scale must be > 0 (paper: 1; authors' code: 0.5)"),
+            (self.loss.cosine_form in {"negative", "distance"}, "loss.cosine_form must be 'negative' or 'distance'"),
         ]
         checks = self.range_checks() + checks
         for ok, message in checks:
@@ -173,6 +193,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if annotation in (Any, None):
         return value
+    if isinstance(annotation, str) and annotation.startswith("Optional["):
+        return None if value is None or value == "" else _coerce(value, annotation[len("Optional["):-1], key)
     if isinstance(annotation, str):
         annotation = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict}.get(annotation, Any)
         return _coerce(value, annotation, key)

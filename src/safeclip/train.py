@@ -76,7 +76,7 @@ from safeclip.data import (
 from safeclip.distributed import gather_with_grad, world_size
 from safeclip.eval.embed import shard_rows
 from safeclip.eval.evaluation import evaluate
-from safeclip.losses import LOSS_TERMS, safe_clip_objective
+from safeclip.losses import safe_clip_objective
 from safeclip.models.clip import ClipBundle, encode_pixel_batch, encode_token_batch, load_clip
 from safeclip.models.lora import add_lora, adapters_disabled, lora_config, save_adapters
 from safeclip.refcache import load_or_compute_references
@@ -210,10 +210,6 @@ def logged_terms(terms: dict[str, torch.Tensor], accelerator: Accelerator, cfg: 
     return dict(zip(terms, values.tolist()))
 
 
-def loss_weights(cfg: TrainConfig) -> dict[str, float]:
-    return {name: float(getattr(cfg.loss, name)) for name in LOSS_TERMS}
-
-
 def safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batch: dict, cfg: TrainConfig,
                           dtype: torch.dtype, cached_refs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """The four Safe-CLIP terms and their weighted total for one batch (Eq. 4-7).
@@ -236,7 +232,8 @@ def safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batc
         safe_text=current.get("safe_text"), unsafe_text=current.get("unsafe_text"),
         safe_image=current.get("safe_image"), unsafe_image=current.get("unsafe_image"),
         safe_text_ref=refs.get("safe_text_ref"), safe_image_ref=refs.get("safe_image_ref"),
-        weights=loss_weights(cfg), temperature=cfg.loss.temperature,
+        weights=cfg.loss.weights(), temperature=cfg.loss.temperature,
+        info_nce_scale=cfg.loss.info_nce_scale, cosine_form=cfg.loss.cosine_form,
     )
 
 

@@ -110,7 +110,8 @@ def test_objective_weighted_sum_and_skips_missing_modalities():
     eq4 = -(torch.log_softmax(logits, 1).diagonal().mean() + torch.log_softmax(logits, 0).diagonal().mean())
     eq5 = -(unit(ts) * unit(t0)).sum(1).mean()
     eq6 = -(unit(t) * unit(t0)).sum(1).mean()
-    assert set(terms) == {"redirection_contrastive", "redirection_cosine", "preservation_cosine", "total"}
+    assert set(terms) == {"redirection_contrastive", "redirection_cosine", "preservation_cosine", "total",
+                          "redirection_contrastive_text", "redirection_cosine_text", "preservation_cosine_text"}
     assert terms["redirection_contrastive"].item() == pytest.approx(eq4.item(), rel=1e-5)
     assert terms["redirection_cosine"].item() == pytest.approx(eq5.item(), rel=1e-5)
     assert terms["preservation_cosine"].item() == pytest.approx(eq6.item(), rel=1e-5)
@@ -122,3 +123,119 @@ def test_gradients_flow_only_to_trainable_side():
     ref = torch.randn(4, 8)
     redirection_contrastive_loss(unsafe_text=a, safe_image_ref=ref, unsafe_image=None, safe_text_ref=None).backward()
     assert a.grad is not None and a.grad.abs().sum() > 0
+
+
+# ----------------------------------------------------------------------------- issue 16 items 3-5
+
+from pathlib import Path  # noqa: E402
+
+import torch.nn.functional as F  # noqa: E402
+
+from safeclip.config import LOSS_HALF_NAMES, LOSS_TERM_NAMES, load_config  # noqa: E402
+from safeclip.losses import LOSS_HALVES, LOSS_TERMS  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PAPER_WEIGHTS = {"redirection_contrastive": 0.375, "redirection_cosine": 0.15, "preservation_cosine": 0.1,
+                 "preservation_contrastive": 0.25}
+
+
+def quadruplet_embeddings(n: int = 8, d: int = 16, seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    names = ("safe_text", "unsafe_text", "safe_image", "unsafe_image", "safe_text_ref", "safe_image_ref")
+    return {name: torch.randn(n, d, generator=generator) for name in names}
+
+
+def test_config_and_losses_name_the_same_terms_and_halves():
+    assert LOSS_TERM_NAMES == LOSS_TERMS and set(LOSS_HALF_NAMES) == set(LOSS_HALVES)
+
+
+def test_a_batch_size_mismatch_raises_instead_of_dropping_the_term():
+    """Issue 16.3: torch's batch-size ValueError used to be swallowed and the term silently left out of the total."""
+    emb = quadruplet_embeddings()
+    emb["unsafe_text"] = emb["unsafe_text"][:6]  # (6, D) against (8, D) references
+    weights = {**PAPER_WEIGHTS, "redirection_cosine": 0.0}  # Eq. 4 is the only term that reads T(t*)
+    with pytest.raises(ValueError, match=r"redirection_contrastive_text: unsafe_text has shape \(6, 16\)"):
+        safe_clip_objective(**emb, weights=weights, temperature=0.01)
+
+
+def test_a_broadcastable_cosine_pair_is_refused():
+    """cos((N, D), (1, D)) broadcasts silently in torch; a half checks its shapes."""
+    emb = quadruplet_embeddings()
+    emb["safe_text_ref"] = emb["safe_text_ref"][:1]
+    with pytest.raises(ValueError, match="safe_text_ref"):
+        preservation_cosine_loss(safe_text=emb["safe_text"], safe_text_ref=emb["safe_text_ref"], safe_image=None,
+                                 safe_image_ref=None)
+
+
+def test_other_errors_pass_through():
+    emb = quadruplet_embeddings()
+    with pytest.raises(TypeError):
+        safe_clip_objective(**emb, weights=PAPER_WEIGHTS, temperature="0.01")  # a str temperature
+
+
+def test_halves_are_chosen_from_the_inputs_given():
+    """Text-only data (ViSU-Text): only the halves whose two inputs are texts are computed."""
+    emb = quadruplet_embeddings()
+    emb.update(safe_image=None, unsafe_image=None, safe_image_ref=None)
+    terms = safe_clip_objective(**emb, weights=PAPER_WEIGHTS, temperature=0.01)
+    assert set(terms) == {"redirection_cosine_text", "preservation_cosine_text", "redirection_cosine",
+                          "preservation_cosine", "total"}
+    expected = 0.15 * terms["redirection_cosine_text"] + 0.1 * terms["preservation_cosine_text"]
+    assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_default_grouping_equals_the_four_paper_terms():
+    emb = quadruplet_embeddings()
+    terms = safe_clip_objective(**emb, weights=PAPER_WEIGHTS, temperature=0.01)
+    expected = (0.375 * redirection_contrastive_loss(emb["unsafe_text"], emb["safe_image_ref"], emb["unsafe_image"], emb["safe_text_ref"])
+                + 0.15 * redirection_cosine_loss(emb["unsafe_text"], emb["safe_text_ref"], emb["unsafe_image"], emb["safe_image_ref"])
+                + 0.1 * preservation_cosine_loss(emb["safe_text"], emb["safe_text_ref"], emb["safe_image"], emb["safe_image_ref"])
+                + 0.25 * preservation_contrastive_loss(emb["safe_text"], emb["safe_image_ref"], emb["safe_image"], emb["safe_text_ref"]))
+    assert terms["total"].item() == pytest.approx(expected.item(), rel=1e-6)
+    assert load_config(None).loss.weights() == PAPER_WEIGHTS
+
+
+def authors_total(T_t, T_ts, V_v, V_vs, T0_t, V0_v):
+    """The authors' training loss as their launch script and loss code compute it (github aimagelab/safe-clip)."""
+    lambdas = [0.1, 0.1, 0.1, 0.2, 0.25, 0.25, 0.25, 0.5]
+    lambdas = [lam / sum(lambdas) / 8 for lam in lambdas]
+
+    def cosine(a, b):
+        return (1 - F.cosine_similarity(a, b, dim=-1)).mean()
+
+    def contrastive(a, b):
+        logits = 100.0 * F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).T
+        labels = torch.arange(a.shape[0])
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+    losses = [cosine(T_t, T0_t), cosine(T_ts, T0_t), cosine(V_v, V0_v), cosine(V_vs, V0_v),
+              contrastive(T_t, V0_v), contrastive(T_ts, V0_v), contrastive(T0_t, V_v), contrastive(T0_t, V_vs)]
+    return sum(lam * loss for lam, loss in zip(lambdas, losses))
+
+
+def objective_from_config(cfg, emb):
+    return safe_clip_objective(**emb, weights=cfg.loss.weights(), temperature=cfg.loss.temperature,
+                               info_nce_scale=cfg.loss.info_nce_scale, cosine_form=cfg.loss.cosine_form)
+
+
+def test_authors_recipe_gives_the_authors_total():
+    """Issue 16.4: configs/vit-l-14_safe-clip-authors.yaml reproduces the authors' weighting exactly."""
+    cfg = load_config(CONFIGS / "vit-l-14_safe-clip-authors.yaml")
+    emb = quadruplet_embeddings()
+    ours = objective_from_config(cfg, emb)["total"]
+    theirs = authors_total(emb["safe_text"], emb["unsafe_text"], emb["safe_image"], emb["unsafe_image"],
+                           emb["safe_text_ref"], emb["safe_image_ref"])
+    assert ours.item() == pytest.approx(theirs.item(), rel=1e-6)
+    # the paper grouping is a different objective: Eq. 4's text half weighs 3x, Eq. 7 2x theirs (relative to Eq. 6)
+    assert objective_from_config(load_config(CONFIGS / "vit-l-14_safe-clip.yaml"), emb)["total"].item() != pytest.approx(theirs.item(), rel=1e-2)
+
+
+def test_objective_runs_in_float32_under_bf16_autocast():
+    """Issue 16.5: under autocast the cosine matrix ran in bf16; /0.01 that is ~0.1 of noise per logit."""
+    emb = quadruplet_embeddings(n=32, d=64, seed=3)
+    exact = safe_clip_objective(**emb, weights=PAPER_WEIGHTS, temperature=0.01)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = safe_clip_objective(**emb, weights=PAPER_WEIGHTS, temperature=0.01)
+    for name, value in exact.items():
+        assert mixed[name].dtype == torch.float32
+        assert mixed[name].item() == pytest.approx(value.item(), rel=1e-6, abs=1e-6), name
