@@ -153,3 +153,47 @@ def test_captions_are_capped_before_tokenising_and_the_cut_is_reported(tmp_path)
     records, report = read_quadruplets(path)
     assert len(records[0].safe_text) == MAX_TEXT_CHARS and records[1].safe_text == "a blue square"
     assert "1 captions longer than 4096 characters cut" in report.summary()
+
+
+def write_visu_split(folder, rows: dict) -> "Path":
+    """A ViSU JSON split as the authors ship it, with the COCO and generated images it names."""
+    from PIL import Image
+
+    (folder / "coco" / "train2017").mkdir(parents=True)
+    (folder / "nsfw").mkdir()
+    for key, row in rows.items():
+        Image.new("RGB", (8, 8)).save(folder / "coco" / "train2017" / f"{row['coco_id']:012d}.jpg")
+        Image.new("RGB", (8, 8)).save(folder / "nsfw" / row["nsfw_im_path"])
+    path = folder / "train.json"
+    path.write_text(json.dumps(rows))
+    return path
+
+
+@pytest.mark.parametrize("config", ["vit-l-14_safe-clip.yaml", "vit-l-14-336_safe-clip.yaml", "vit-h-14_safe-clip.yaml",
+                                    "vit-l-14_safe-clip-authors.yaml"])
+def test_shipped_configs_skip_visus_empty_nsfw_row_and_name_it(tmp_path, config):
+    """Issue 16.8: ViSU as downloaded holds id 109551 with an empty nsfw text; the shipped configs read past it."""
+    from pathlib import Path
+
+    from safeclip.config import load_config
+
+    rows = {str(k): {"coco_id": k, "safe": f"a dog {k}", "nsfw": f"a dog {k} biting", "nsfw_im_path": f"{k}.png",
+                     "tag": "violence"} for k in (109550, 109551, 109552)}
+    rows["109551"]["nsfw"] = ""
+    path = write_visu_split(tmp_path, rows)
+    with pytest.raises(DataError, match="id 109551"):
+        read_quadruplets(path, image_root=tmp_path / "coco", unsafe_image_root=tmp_path / "nsfw")
+    data = load_config(Path(__file__).resolve().parents[2] / "configs" / config).data
+    records, report = read_quadruplets(path, fmt=data.format, image_root=tmp_path / "coco",
+                                       unsafe_image_root=tmp_path / "nsfw", skip_bad_rows=data.skip_bad_rows)
+    assert [r.id for r in records] == ["109550", "109552"] and len(report.skipped) == 1
+    assert "1 bad rows skipped (row 2: id 109551: unsafe_text is empty)" in report.summary()
+
+
+def test_visu_text_incremental_id_is_the_record_id(tmp_path):
+    path = tmp_path / "visu_text.jsonl"
+    rows = [{"incremental_id": 0, "safe": "a man", "nsfw": "a man with a gun", "tag": "weapons"},
+            {"incremental_id": 7, "safe": "a cat", "nsfw": "a cat with a gun", "tag": "weapons"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    records, _ = read_quadruplets(path)
+    assert [r.id for r in records] == ["0", "7"]

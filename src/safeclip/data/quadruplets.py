@@ -7,7 +7,8 @@ Three input formats, one record type:
   ``<image_root>/{train2017,val2017,test2017}/<coco_id:012d>.jpg``, unsafe images as
   ``<unsafe_image_root>/<nsfw_im_path>``.
 - ``visu-text``: ViSU-Text rows (JSON list, JSONL or CSV) with ``safe``, ``nsfw``, ``tag`` and an id
-  (``coco_id`` when present gives the safe image). No unsafe images: text-only redirection.
+  (``incremental_id``, else ``id``; ``coco_id`` when present gives the safe image). No unsafe images:
+  text-only redirection.
 - ``nsfwcaps``: SafeR-CLIP's NSFWCaps rows (JSON list, JSONL or CSV) ``{image_coco_url, caption, nsfw_caption,
   chosen_category}``: (v, t, t*) triplets, no unsafe images; the user fetches the images and keeps their file
   names, found as ``<image_root>/<last part of image_coco_url>``.
@@ -18,7 +19,9 @@ Three input formats, one record type:
     print(report.summary())
 
 A missing file or corrupt image names the file and the row; a schema error names the missing
-column; ``skip_bad_rows`` skips and counts instead of failing. Nothing is dropped silently.
+column; ``skip_bad_rows`` skips and counts instead of failing, naming each skipped row's id and reason in the
+summary. Nothing is dropped silently. ViSU as downloaded holds one such row (id 109551, an empty ``nsfw``
+text), so the shipped real-data configs set ``data.skip_bad_rows: true``.
 """
 
 from __future__ import annotations
@@ -69,10 +72,13 @@ class ReadReport:
     def missing(self) -> list[str]:
         return [m for m in MODALITIES if m not in self.modalities]
 
-    def summary(self) -> str:
+    def summary(self, named: int = 10) -> str:
+        """One line: rows kept, the first ``named`` skipped rows with their id and reason, missing modalities."""
         parts = [f"{self.source}: {self.rows} quadruplets"]
         if self.skipped:
-            parts.append(f"{len(self.skipped)} bad rows skipped (first: row {self.skipped[0][0]}: {self.skipped[0][1]})")
+            listed = "; ".join(f"row {row}: {reason}" for row, reason in self.skipped[:named])
+            more = f"; and {len(self.skipped) - named} more" if len(self.skipped) > named else ""
+            parts.append(f"{len(self.skipped)} bad rows skipped ({listed}{more})")
         if self.missing():
             parts.append("missing " + ", ".join(self.missing()) + " -> the loss terms that need them are off")
         return "; ".join(parts + self.notes)
@@ -201,6 +207,14 @@ def _coco_image(image_root: Path, coco_id, where: str) -> Path:
     return image_root / COCO_SPLITS[0] / name  # reported as missing by validation
 
 
+def _first_id(row: dict, keys: tuple[str, ...], default: int) -> str:
+    """The first of ``keys`` the row holds (0 counts), else the row number."""
+    for key in keys:
+        if _text(row.get(key)) is not None:
+            return str(row[key]).strip()
+    return str(default)
+
+
 def _records_from_rows(path: Path, rows: list[dict], fmt: str, image_root: Path, unsafe_root: Path) -> list[Quadruplet]:
     records = []
     for i, row in enumerate(rows, 1):
@@ -228,7 +242,7 @@ def _records_from_rows(path: Path, rows: list[dict], fmt: str, image_root: Path,
         else:  # visu-text
             coco_id = _text(row.get("coco_id"))
             records.append(Quadruplet(
-                id=str(row.get("id") or row.get("_key") or i), safe_text=_text(row.get("safe")),
+                id=_first_id(row, ("incremental_id", "id", "_key"), i), safe_text=_text(row.get("safe")),
                 unsafe_text=_text(row.get("nsfw")),
                 safe_image=_coco_image(image_root, coco_id, f"{path} row {i}") if coco_id and image_root != path.parent else None,
                 unsafe_image=None, category=str(row.get("tag") or ""), row=i))
@@ -335,7 +349,7 @@ def read_quadruplets(
         if problem is None:
             kept.append(record)
         elif skip_bad_rows:
-            report.skipped.append((record.row, problem))
+            report.skipped.append((record.row, f"id {record.id}: {problem}"))
         else:
             raise DataError(f"{path} row {record.row} (id {record.id}): {problem}. "
                             "Fix the row or pass --skip-bad-rows (data.skip_bad_rows=true) to skip and count bad rows.")
