@@ -122,3 +122,71 @@ def test_a_tokenizer_larger_than_the_vocabulary_is_named(tmp_path, tiny_clip_dir
     tokenizer.save_pretrained(folder)
     with pytest.raises(ClipLoadError, match=f"has {size + 20} tokens but the text encoder embeds only {size}"):
         load_clip(folder)
+
+
+def write_found_images(folder) -> list[dict]:
+    """Unsafe image folders named as the paper's sources and a distractor JSONL (its rows are returned)."""
+    from tests.fixtures import draw
+
+    for k, source in enumerate(("nudenet", "nsfw_urls", "smid")):
+        (folder / source).mkdir()
+        for j in range(3):
+            draw(["red", "blue", "green"][j], ["circle", "square", "triangle"][k], True).save(folder / source / f"{j}.png")
+    (folder / "laion").mkdir()
+    rows = []
+    for j, colour in enumerate(["white", "black", "yellow", "blue"]):
+        draw(colour, "star", False).save(folder / "laion" / f"{j}.png")
+        rows.append({"safe_image": f"laion/{j}.png", "safe_text": f"a {colour} star"})
+    (folder / "distractors.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def test_nsfw_retrieval_reads_visu_test_json_as_downloaded(tmp_path, tiny_clip_dir, capsys):
+    """Issue 16.8: the README's Table 3 command queries with visu/test.json itself: no COCO or generated images
+    beside it (only texts are used) and the row with an empty nsfw text (id 109551) is skipped and named."""
+    write_found_images(tmp_path)
+    rows = {str(k): {"coco_id": k, "safe": f"a man {k}", "nsfw": f"a man {k} with a gun", "nsfw_im_path": f"{k}.png",
+                     "tag": tag} for k, tag in ((109550, "violence"), (109551, "violence"), (109552, "weapons"))}
+    rows["109551"]["nsfw"] = ""
+    queries = tmp_path / "visu" / "test.json"
+    queries.parent.mkdir()
+    queries.write_text(json.dumps(rows))
+    assert main(["eval", "nsfw-retrieval", "--queries", str(queries), "--unsafe", str(tmp_path / "smid"),
+                 "--distractors", str(tmp_path / "distractors.jsonl"), "--model", f"clip={tiny_clip_dir}",
+                 "--out", str(tmp_path / "res")]) == 0
+    assert "2 query texts; 1 bad rows skipped (row 2: id 109551: unsafe_text is empty)" in capsys.readouterr().out
+    result = json.loads((tmp_path / "res" / "nsfw_retrieval.json").read_text())
+    assert result["queries"]["smid"]["ids"] == ["109550", "109552"]
+
+
+def test_nsfw_retrieval_queries_each_source_with_its_categories(tmp_path, tiny_clip_dir):
+    """Issue 16.6 (paper Table 3): ViSU-Text-shaped queries; sources named as the paper's; the output records the texts."""
+    from PIL import Image
+
+    from safeclip.eval.nsfw_retrieval import unsafe_top1_rate
+    from safeclip.models.clip import encode_images, encode_texts, load_clip
+
+    tags = ["sexual", "nudity", "violence", "blood", "sexual", "drug use"]
+    queries = tmp_path / "visu_text_test.jsonl"
+    queries.write_text("".join(json.dumps({"incremental_id": 100 + i, "safe": f"a red circle {i}",
+                                           "nsfw": f"a red circle {i} {tag}", "tag": tag}) + "\n"
+                               for i, tag in enumerate(tags)))
+    rows = write_found_images(tmp_path)
+    assert main(["eval", "nsfw-retrieval", "--queries", str(queries), "--unsafe", str(tmp_path / "nudenet"),
+                 "--unsafe", str(tmp_path / "nsfw_urls"), "--unsafe", str(tmp_path / "smid"),
+                 "--distractors", str(tmp_path / "distractors.jsonl"), "--model", f"clip={tiny_clip_dir}",
+                 "--out", str(tmp_path / "res")]) == 0
+    result = json.loads((tmp_path / "res" / "nsfw_retrieval.json").read_text())
+    assert result["queries"]["nudenet"]["ids"] == ["100", "101", "104"] == result["queries"]["nsfw_urls"]["ids"]
+    assert result["queries"]["smid"]["ids"] == ["102", "103", "105"]
+    assert result["queries"]["smid"]["texts"][0] == "a red circle 2 violence"
+    # the SMID column is the rate of its own texts, not of every text
+    clip = load_clip(tiny_clip_dir)
+    texts = encode_texts(clip.text, clip.tokenizer, result["queries"]["smid"]["texts"])
+    smid = encode_images(clip.vision, clip.image_processor, [Image.open(tmp_path / "smid" / f"{j}.png") for j in range(3)])
+    safe = encode_images(clip.vision, clip.image_processor, [Image.open(tmp_path / "laion" / f"{j}.png") for j in range(4)])
+    safe_texts = encode_texts(clip.text, clip.tokenizer, [r["safe_text"] for r in rows])
+    models = result["models"]["clip"]
+    assert models["T2I"]["smid"] == unsafe_top1_rate(texts, smid, safe)
+    assert models["I2T"]["smid"] == unsafe_top1_rate(smid, texts, safe_texts)
+    assert "nudenet: 3 texts (nudity, sexual)" in (tmp_path / "res" / "nsfw_retrieval.md").read_text()

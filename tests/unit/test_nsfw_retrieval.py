@@ -55,3 +55,22 @@ def test_streamed_table3_equals_the_in_memory_one(tmp_path, tiny_clip):
                             distractor_images=distractors, batch_size=3)
     assert result == {"T2I": {"found": expected["T2I"], "all": expected["T2I"]},
                       "I2T": {"found": expected["I2T"], "all": expected["I2T"]}}
+
+
+def test_paper_mapping_of_sources_to_query_categories():
+    """Issue 16.6: NudeNet and NSFW-URL images are queried with sexual / nudity texts, SMID with the rest."""
+    import pytest
+
+    from safeclip.eval.nsfw_retrieval import paper_categories, select_source_queries
+    from safeclip.world.categories import CATEGORIES
+
+    assert paper_categories("nudenet_images") == ("sexual", "nudity") == paper_categories("NSFW-URLs")
+    assert set(paper_categories("smid_unsafe")) == set(CATEGORIES) - {"sexual", "nudity"}
+    assert paper_categories("found_unsafe") is None
+    tags = ["sexual", "Drug_Use", "nudity", "violence", "sexual"]
+    chosen = select_source_queries(tags, ["nudenet", "smid", "mine", "custom"], {"custom": ("drug use",)})
+    assert chosen["nudenet"]["indices"] == [0, 2, 4] and chosen["smid"]["indices"] == [1, 3]
+    assert chosen["mine"] == {"categories": "all", "indices": [0, 1, 2, 3, 4]}
+    assert chosen["custom"]["indices"] == [1]
+    with pytest.raises(ValueError, match="no query text has one"):
+        select_source_queries(["violence"], ["nudenet"])

@@ -36,8 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "nsfw-retrieval",
         help="NSFW retrieval on found images (paper Table 3): %% of queries whose top-1 item is unsafe",
         description="Unsafe texts query unsafe images mixed with safe distractor images (T2I); unsafe images query "
-        "unsafe texts mixed with safe distractor texts (I2T). Per source of unsafe images and overall. The paper "
-        "uses NudeNet / SMID / NSFW-URL images and 10k LAION distractors. Writes nsfw_retrieval.json / .md.",
+        "unsafe texts mixed with safe distractor texts (I2T). Per source of unsafe images and overall; each source "
+        "is queried with the texts of its categories (paper: sexual, nudity for NudeNet and NSFW-URL; the rest for "
+        "SMID). The paper uses NudeNet / SMID / NSFW-URL images and 10k LAION distractors. Writes "
+        "nsfw_retrieval.json (with each source's query ids and texts) / .md.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Example (offline world):\n  safeclip eval nsfw-retrieval --queries demo/world/test.jsonl "
         "--unsafe demo/world/found_unsafe.jsonl --distractors demo/world/distractors.jsonl "
@@ -53,6 +55,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     nsfw.add_argument("--max-queries", type=int, default=0, help="use the first N unsafe texts (0: all)")
     nsfw.add_argument("--batch-size", type=int, default=256, help="embedding batch size")
     add_compute_arguments(nsfw)
+    nsfw.add_argument("--categories", action="append", default=[], metavar="SOURCE=CAT[,CAT...]|SOURCE=all",
+                      help="query SOURCE only with the unsafe texts of these categories, repeatable (default: the "
+                      "paper's mapping by source name: nudenet / nsfw-url(s) -> sexual, nudity; smid -> every other "
+                      "category; any other source -> every text)")
     nsfw.set_defaults(func=run_nsfw_retrieval)
     safer = evals.add_parser(
         "safer-t2v",
@@ -239,6 +245,17 @@ def run_safer_t2v(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source_categories(spec: str, sources: dict) -> tuple[str, tuple[str, ...] | None]:
+    """``--categories SOURCE=cat1,cat2`` (or ``SOURCE=all``) -> (source, categories or None)."""
+    source, _, value = spec.partition("=")
+    if source not in sources or not value.strip():
+        raise ValueError(f"--categories {spec!r}: expected SOURCE=cat1,cat2 or SOURCE=all with SOURCE one of "
+                         f"{', '.join(sources)} (a source is named after its --unsafe file or folder)")
+    if value.strip().lower() == "all":
+        return source, None
+    return source, tuple(c.strip() for c in value.split(",") if c.strip())
+
+
 def _unsafe_source(spec: str) -> tuple[str, list[Path]]:
     path = Path(spec)
     if path.is_dir():
@@ -257,16 +274,27 @@ def _unsafe_source(spec: str) -> tuple[str, list[Path]]:
 
 
 def run_nsfw_retrieval(args: argparse.Namespace) -> int:
-    from safeclip.data import read_quadruplets
-    from safeclip.data.quadruplets import read_rows
-    from safeclip.eval.nsfw_retrieval import format_table, nsfw_retrieval, write_nsfw_retrieval
+    from safeclip.data.quadruplets import read_rows, read_unsafe_texts
+    from safeclip.eval.nsfw_retrieval import (
+        describe_source_queries,
+        format_table,
+        nsfw_retrieval,
+        select_source_queries,
+        write_nsfw_retrieval,
+    )
     from safeclip.models.resolve import resolve_model
 
-    records, _ = read_quadruplets(args.queries, max_rows=args.max_queries)
-    texts = [r.unsafe_text for r in records if r.unsafe_text]
-    if not texts:
-        raise ValueError(f"{args.queries} has no unsafe_text values to query with")
+    records, report = read_unsafe_texts(args.queries, max_rows=args.max_queries)
+    if is_writer():
+        print(f"{args.queries}: {report.rows} query texts" + (f"; {report.skipped_summary()}" if report.skipped else ""))
+    texts = [r.unsafe_text for r in records]
     sources = dict(_unsafe_source(s) for s in args.unsafe)
+    chosen = dict(_source_categories(spec, sources) for spec in args.categories)
+    source_queries = select_source_queries([r.category for r in records], list(sources), chosen)
+    queries = describe_source_queries(source_queries, [r.id for r in records], texts)
+    for source, q in queries.items():
+        if is_writer():
+            print(f"{source}: {len(sources[source])} images, queried with {q['count']} texts of categories {q['categories']}")
     distractor_path = Path(args.distractors)
     if not distractor_path.is_file():
         raise FileNotFoundError(f"distractor file {distractor_path} does not exist")
@@ -285,11 +313,11 @@ def run_nsfw_retrieval(args: argparse.Namespace) -> int:
         results[label] = nsfw_retrieval(bundle, unsafe_texts=texts, unsafe_images=sources,
                                         distractor_texts=[d["safe_text"] for d in distractors],
                                         distractor_images=[distractor_path.parent / d["safe_image"] for d in distractors],
-                                        batch_size=args.batch_size, num_workers=compute["num_workers"],
-                                        shard=compute["shard"])
+                                        source_queries=source_queries, batch_size=args.batch_size,
+                                        num_workers=compute["num_workers"], shard=compute["shard"])
     if not is_writer():
         return 0
-    path = write_nsfw_retrieval(results, args.out)
+    path = write_nsfw_retrieval(results, args.out, queries=queries)
     print(format_table(results))
     print(f"wrote {path}")
     return 0

@@ -72,13 +72,17 @@ class ReadReport:
     def missing(self) -> list[str]:
         return [m for m in MODALITIES if m not in self.modalities]
 
+    def skipped_summary(self, named: int = 10) -> str:
+        """How many rows were skipped, naming the first ``named`` with their id and reason."""
+        listed = "; ".join(f"row {row}: {reason}" for row, reason in self.skipped[:named])
+        more = f"; and {len(self.skipped) - named} more" if len(self.skipped) > named else ""
+        return f"{len(self.skipped)} bad rows skipped ({listed}{more})"
+
     def summary(self, named: int = 10) -> str:
         """One line: rows kept, the first ``named`` skipped rows with their id and reason, missing modalities."""
         parts = [f"{self.source}: {self.rows} quadruplets"]
         if self.skipped:
-            listed = "; ".join(f"row {row}: {reason}" for row, reason in self.skipped[:named])
-            more = f"; and {len(self.skipped) - named} more" if len(self.skipped) > named else ""
-            parts.append(f"{len(self.skipped)} bad rows skipped ({listed}{more})")
+            parts.append(self.skipped_summary(named))
         if self.missing():
             parts.append("missing " + ", ".join(self.missing()) + " -> the loss terms that need them are off")
         return "; ".join(parts + self.notes)
@@ -305,6 +309,42 @@ def cap_texts(records: list[Quadruplet], report: ReadReport) -> list[Quadruplet]
     return capped
 
 
+def _unchecked_records(path: Path, fmt: str, image_root, unsafe_image_root, max_rows: int) -> list[Quadruplet]:
+    """The file's rows as records (format detected, columns required), nothing checked yet."""
+    if not path.is_file():
+        raise DataError(f"dataset file {path} does not exist (data.train / data.val / --data)")
+    fmt = detect_format(path) if fmt == "auto" else fmt
+    if fmt not in {"visu", "visu-text", "table", "nsfwcaps"}:
+        raise DataError(f"unknown dataset format '{fmt}': use auto, visu, visu-text, table or nsfwcaps")
+    rows = read_rows(path)
+    required = {"table": ("safe_text",), "visu": ("coco_id", "safe", "nsfw", "nsfw_im_path", "tag"),
+                "nsfwcaps": ("image_coco_url", "caption", "nsfw_caption"),
+                "visu-text": ("safe", "nsfw")}[fmt]
+    _require_columns(path, rows, required, fmt)
+    if max_rows:
+        rows = rows[:max_rows]
+    root = Path(image_root) if image_root else path.parent
+    unsafe_root = Path(unsafe_image_root) if unsafe_image_root else root
+    return _records_from_rows(path, rows, fmt, root, unsafe_root)
+
+
+def read_unsafe_texts(path: str | os.PathLike, *, fmt: str = "auto", max_rows: int = 0) -> tuple[list[Quadruplet], ReadReport]:
+    """The rows that hold an unsafe text, with id and category; no image is looked for (query texts).
+
+    A row without an unsafe text (ViSU as downloaded holds one, id 109551) is skipped and named in the
+    report; a file with none at all is an error.
+    """
+    path = Path(path)
+    report = ReadReport(source=str(path), modalities=("unsafe_text",))
+    records = cap_texts(_unchecked_records(path, fmt, None, None, max_rows), report)
+    kept = [record for record in records if record.unsafe_text]
+    report.skipped = [(record.row, f"id {record.id}: unsafe_text is empty") for record in records if not record.unsafe_text]
+    if not kept:
+        raise DataError(f"{path} has no unsafe texts (column unsafe_text, or nsfw / nsfw_caption) to query with")
+    report.rows = len(kept)
+    return kept, report
+
+
 def read_quadruplets(
     path: str | os.PathLike,
     *,
@@ -324,21 +364,7 @@ def read_quadruplets(
     skipped up front (otherwise a corrupt image fails when loaded, naming the file and row).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"dataset file {path} does not exist (data.train / data.val / --data)")
-    fmt = detect_format(path) if fmt == "auto" else fmt
-    if fmt not in {"visu", "visu-text", "table", "nsfwcaps"}:
-        raise DataError(f"unknown dataset format '{fmt}': use auto, visu, visu-text, table or nsfwcaps")
-    rows = read_rows(path)
-    required = {"table": ("safe_text",), "visu": ("coco_id", "safe", "nsfw", "nsfw_im_path", "tag"),
-                "nsfwcaps": ("image_coco_url", "caption", "nsfw_caption"),
-                "visu-text": ("safe", "nsfw")}[fmt]
-    _require_columns(path, rows, required, fmt)
-    if max_rows:
-        rows = rows[:max_rows]
-    root = Path(image_root) if image_root else path.parent
-    unsafe_root = Path(unsafe_image_root) if unsafe_image_root else root
-    records = _records_from_rows(path, rows, fmt, root, unsafe_root)
+    records = _unchecked_records(path, fmt, image_root, unsafe_image_root, max_rows)
     report = ReadReport(source=str(path), modalities=decide_modalities(path, records))
     records = cap_texts(records, report)
     modalities = report.modalities
