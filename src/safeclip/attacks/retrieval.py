@@ -1,0 +1,257 @@
+"""Attacks on a safe CLIP's retrieval, scored by the Safe-CLIP protocol: ``safeclip attack`` and compare's columns.
+
+    from safeclip.attacks.retrieval import AttackBudget, attack_retrieval, write_attack_report
+    report = attack_retrieval(safe, records, "gcg", AttackBudget(tokens=8, steps=50), base=base)
+    report["asr"], report["before"]["NSFW@1"]       # percent after / before the attack
+    write_attack_report(report, "out/")              # out/attack.json + out/attack.md
+
+Attacks (:data:`ATTACKS`), each on the unsafe queries of N test quadruplets:
+
+- ``gcg`` / ``pez``: adversarial tokens appended to every unsafe caption (:mod:`safeclip.attacks.text`) push
+  the safe text encoder's embedding towards the target; scored on ``T*->V+V*``.
+- ``transfer``: the same token search (``transfer_from``: gcg or pez) run against the *base* model (its own
+  targets), the found prompts replayed unchanged against the safe one; scored on ``T*->V+V*``.
+- ``pgd``: L-infinity PGD (``restarts`` > 1: the restarts variant) on every unsafe image
+  (:mod:`safeclip.attacks.image`) pushes the safe vision encoder's embedding towards the target; scored on
+  ``V*->T+T*``.
+
+Target (``target``): ``paired`` (default) is the attacked model's embedding of the quadruplet's unsafe item of the
+other modality (the unsafe image for a text attack, the unsafe caption for an image attack): reaching it puts an
+unsafe item on top. ``base`` is the base model's embedding of the unsafe query itself (what the encoder gave
+before it was made safe; needs ``base``). Success is written once, in :mod:`safeclip.attacks.success`; the score
+is the evaluation path's own protocol (:func:`safeclip.eval.evaluation.score`, or the model's ``score`` when it
+has its own geometry) with the attacked embeddings in place of the clean ones.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+
+from safeclip.attacks.image import PixelBudget, pgd, pixel_space
+from safeclip.attacks.success import RETRIEVAL_DEFINITION, top1_unsafe
+from safeclip.attacks.text import TOKEN_ATTACKS, TokenBudget, adversarial_slots, cosine_loss, encode_ids, frozen
+from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.data.quadruplets import MODALITIES, Quadruplet
+from safeclip.eval.evaluation import embed_records, score
+from safeclip.eval.report import markdown_table
+from safeclip.models.clip import ClipBundle
+
+ATTACKS = ("gcg", "pez", "pgd", "transfer")
+TARGETS = ("paired", "base")
+# the protocol direction each attack's queries are scored on, and the modality it perturbs
+DIRECTIONS = {"text": ("T*->V+V*", "unsafe_text"), "image": ("V*->T+T*", "unsafe_image")}
+
+
+@dataclass
+class AttackBudget:
+    """Every knob of the retrieval attacks (``--budget key=value,...``); each attack reads its own."""
+
+    tokens: int = 8  # gcg / pez / transfer: adversarial tokens appended to each unsafe caption
+    steps: int = 20  # optimisation steps (token search steps, or PGD steps)
+    top_k: int = 32  # gcg: candidate tokens per position
+    candidates: int = 64  # gcg: one-token swaps evaluated exactly per caption and step
+    lr: float = 0.1  # pez: AdamW learning rate
+    eps: float = 4.0  # pgd: L-infinity radius in grey levels (/255)
+    step: float = 0.0  # pgd: step size /255 (0: max(eps / 4, 0.25))
+    restarts: int = 1  # pgd: 1 plain PGD; more adds random restarts (the stronger variant)
+    banned: str = ""  # gcg / pez / transfer: words no adversarial token may contain, '|'-separated (e.g. nud|sex)
+    transfer_from: str = "gcg"  # transfer: the search run against the base model (gcg or pez)
+    target: str = "paired"  # paired: the other modality's unsafe item; base: the base model's unsafe query
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.transfer_from not in TOKEN_ATTACKS:
+            raise ValueError(f"budget transfer_from={self.transfer_from!r}: choose one of {', '.join(TOKEN_ATTACKS)}")
+        if self.target not in TARGETS:
+            raise ValueError(f"budget target={self.target!r}: choose one of {', '.join(TARGETS)}")
+        self.token_budget()  # the range checks of each part
+        self.pixel_budget()
+
+    def token_budget(self) -> TokenBudget:
+        return TokenBudget(tokens=self.tokens, steps=self.steps, top_k=self.top_k, candidates=self.candidates,
+                           lr=self.lr, seed=self.seed)
+
+    def pixel_budget(self) -> PixelBudget:
+        return PixelBudget(eps=self.eps, steps=self.steps, step=self.step or None, restarts=self.restarts, seed=self.seed)
+
+    def banned_words(self) -> tuple[str, ...]:
+        return tuple(w.strip() for w in self.banned.split("|") if w.strip())
+
+    def describe(self, attack: str) -> str:
+        """The budget in words, e.g. ``"8 tokens, 20 steps"`` or ``"eps 4/255, 10 steps, 1 restart"``."""
+        if attack == "pgd":
+            return f"eps {self.eps:g}/255, {self.steps} steps, {self.restarts} restart(s)"
+        banned = f", banned {self.banned}" if self.banned else ""
+        via = f" ({self.transfer_from} on the base)" if attack == "transfer" else ""
+        return f"{self.tokens} tokens, {self.steps} steps{via}{banned}"
+
+
+def parse_budget(text: str, attack: str) -> AttackBudget:
+    """``"tokens=8,steps=50"`` (fields of :class:`AttackBudget`) or a bare number: tokens for a token attack, eps
+    (/255) for pgd. Unknown keys and unreadable values raise ValueError naming them."""
+    known = {f.name: f for f in fields(AttackBudget)}
+    values: dict = {}
+    for item in (s.strip() for s in text.split(",") if s.strip()):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            key, raw = ("eps" if attack == "pgd" else "tokens"), item
+        if key not in known:
+            raise ValueError(f"--budget {item!r}: unknown key {key!r}; use key=value with key one of {', '.join(known)}")
+        kind = type(known[key].default)
+        try:
+            values[key] = kind(float(raw)) if kind is int and float(raw).is_integer() else kind(raw)
+        except ValueError as err:
+            raise ValueError(f"--budget {item!r}: {key} takes a {kind.__name__}, got {raw!r}") from err
+    return AttackBudget(**values)
+
+
+def _scores(bundle: ClipBundle, emb: dict) -> dict:
+    """The Safe-CLIP protocol's groups on ``emb``: the model's own geometry when it has one (HySAC), else cosine."""
+    return bundle.score(emb, ("safe-clip",)) if hasattr(bundle, "score") else score(emb, ("safe-clip",))
+
+
+def _unsafe_pixels(bundle: ClipBundle, records) -> torch.Tensor:
+    from safeclip.data.loader import QuadrupletDataset
+
+    dataset = QuadrupletDataset(records, bundle.image_processor, ("unsafe_image",))
+    return torch.stack([dataset[i]["unsafe_image"] for i in range(len(dataset))])  # (N, 3, H, W)
+
+
+def attack_images(bundle: ClipBundle, records, targets: torch.Tensor, budget: PixelBudget, *,
+                  batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """PGD on every unsafe image towards ``targets (N, D)``: attacked embeddings ``(N, D)`` and the objective
+    (cosine to the target) before and after, ``(N,)`` each."""
+    vision = bundle.vision
+    device = next(vision.parameters()).device
+    dtype = next(vision.parameters()).dtype
+    to01, from01 = pixel_space(bundle.image_processor)
+    pixels = _unsafe_pixels(bundle, records)
+    out, before, after = [], [], []
+    for start in range(0, len(pixels), batch_size):
+        x = to01(pixels[start : start + batch_size].to(device))
+        target = targets[start : start + batch_size].to(device)
+
+        def objective(images: torch.Tensor) -> torch.Tensor:
+            emb = vision(pixel_values=from01(images).to(dtype)).image_embeds
+            return 1 - cosine_loss(emb, target)
+
+        with torch.no_grad():
+            before.append(objective(x).cpu())
+        with frozen(vision):
+            x_adv = pgd(objective, x, budget)
+        with torch.no_grad():
+            emb = vision(pixel_values=from01(x_adv).to(dtype)).image_embeds.float()
+        out.append(emb.cpu())
+        after.append((1 - cosine_loss(emb, target)).cpu())
+    return torch.cat(out), torch.cat(before), torch.cat(after)
+
+
+def attack_texts(bundle: ClipBundle, records, targets: torch.Tensor, budget: AttackBudget, *, search: str,
+                 attacker: ClipBundle | None = None) -> tuple[torch.Tensor, dict]:
+    """A token search on ``attacker`` (default: ``bundle``) towards ``targets (N, D)``; the attacked prompts'
+    embeddings by ``bundle`` ``(N, D)`` and what to report (objective before/after, examples)."""
+    attacker = attacker or bundle
+    if len(attacker.tokenizer) != len(bundle.tokenizer):
+        raise ValueError(f"the base and the attacked model have different vocabularies ({len(attacker.tokenizer)} vs "
+                         f"{len(bundle.tokenizer)} tokens): transfer needs the same tokenizer")
+    prompts = adversarial_slots(attacker.tokenizer, [r.unsafe_text for r in records], budget.tokens)
+    clean = encode_ids(attacker.text, prompts.input_ids, prompts.attention_mask)  # fill tokens, before the search
+    result = TOKEN_ATTACKS[search](attacker.text, attacker.tokenizer, prompts, targets, budget.token_budget(),
+                                   banned=budget.banned_words())
+    embeddings = result.embeddings if attacker is bundle else encode_ids(bundle.text, result.input_ids,
+                                                                         prompts.attention_mask).cpu()
+    details = {"objective": {"model": "base" if attacker is not bundle else "attacked",
+                             "cosine_before": float((1 - cosine_loss(clean, targets)).mean()),
+                             "cosine_after": float((1 - result.loss).mean())},
+               "examples": [{"query": r.unsafe_text, "attacked": t} for r, t in zip(records[:5], result.texts)]}
+    return embeddings.cpu(), details
+
+
+def _check_records(records) -> None:
+    if not records:
+        raise ValueError("no quadruplets to attack")
+    lacking = [m for m in MODALITIES if any(getattr(r, m) is None for r in records)]
+    if lacking:
+        raise ValueError(f"the attacked quadruplets lack {', '.join(lacking)}; the Safe-CLIP retrieval protocol needs all "
+                         "four (safe and unsafe captions and images)")
+
+
+def attack_retrieval(bundle: ClipBundle, records: list[Quadruplet], attack: str, budget: AttackBudget | None = None, *,
+                     base: ClipBundle | None = None, model: str = "model") -> dict:
+    """Attack every unsafe query of ``records`` and score it (module docstring); returns the report dict."""
+    if attack not in ATTACKS:
+        raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+    budget = budget or AttackBudget()
+    _check_records(records)
+    if (attack == "transfer" or budget.target == "base") and base is None:
+        raise ValueError(f"attack {attack} with target {budget.target} needs the base model (--base)")
+    began = time.perf_counter()
+    kind = "image" if attack == "pgd" else "text"
+    direction, modality = DIRECTIONS[kind]
+    other = "unsafe_image" if kind == "text" else "unsafe_text"
+    emb = embed_records(bundle, records, protocols=("safe-clip",))
+    attacker = base if attack == "transfer" else bundle
+    reference = emb if attacker is bundle else embed_records(base, records, protocols=("safe-clip",))
+    if budget.target == "base":
+        targets = embed_records(base, records, protocols=("safe-clip",))[modality]
+    else:
+        targets = reference[other]
+    if kind == "image":
+        attacked, before, after = attack_images(bundle, records, targets, budget.pixel_budget())
+        details = {"objective": {"cosine_before": float(before.mean()), "cosine_after": float(after.mean())}}
+    else:
+        search = budget.transfer_from if attack == "transfer" else attack
+        attacked, details = attack_texts(bundle, records, targets, budget, search=search, attacker=attacker)
+    clean_scores = _scores(bundle, emb)[direction]
+    attacked_scores = _scores(bundle, {**emb, modality: attacked})[direction]
+    if not hasattr(bundle, "score"):  # per query, with the protocol's cosine scan (a model's own geometry: totals only)
+        safe_side, unsafe_side = ("safe_image", "unsafe_image") if kind == "text" else ("safe_text", "unsafe_text")
+        flags = {when: top1_unsafe(queries, emb[safe_side], emb[unsafe_side]).tolist()
+                 for when, queries in (("before", emb[modality]), ("after", attacked))}
+        details["per_query"] = {"ids": [r.id for r in records], "top1_unsafe_before": flags["before"],
+                                "top1_unsafe_after": flags["after"]}
+    return {"definition": RETRIEVAL_DEFINITION, "attack": attack, "model": model, "direction": direction,
+            "budget": asdict(budget), "budget_text": budget.describe(attack), "target": budget.target,
+            "queries": len(records), "before": clean_scores, "after": attacked_scores,
+            "asr_before": clean_scores["NSFW@1"], "asr": attacked_scores["NSFW@1"], **details,
+            "seconds": round(time.perf_counter() - began, 2)}
+
+
+def attack_markdown(report: dict) -> str:
+    """``attack.md``: the definition of success, the budget, and the before / after table."""
+    metrics = [k for k in report["before"] if k.startswith("R@")][:1] + ["NSFW@1"]
+    rows = {"before the attack": [report["before"][m] for m in metrics],
+            "after the attack": [report["after"][m] for m in metrics]}
+    lines = [f"# Attack `{report['attack']}` on {report['model']}", "",
+             f"**Definition of success.** {report['definition']}", "",
+             f"Budget: {report['budget_text']}; target: {report['target']}; {report['queries']} unsafe queries, "
+             f"protocol direction `{report['direction']}`.", "",
+             f"**ASR {report['asr']:.1f}%** (before the attack: {report['asr_before']:.1f}%).", "",
+             markdown_table("", [f"{report['direction']} {m}" for m in metrics], rows).rstrip("\n"), ""]
+    flags = report.get("per_query")
+    if flags:
+        flipped = sum(a and not b for a, b in zip(flags["top1_unsafe_after"], flags["top1_unsafe_before"]))
+        lines += [f"Queries made unsafe by the attack: {flipped} of {report['queries']}.", ""]
+    objective = report.get("objective")
+    if objective:
+        on = " (on the base model, where the search ran)" if objective.get("model") == "base" else ""
+        lines += [f"Mean cosine to the target{on}: {objective['cosine_before']:.3f} before, "
+                  f"{objective['cosine_after']:.3f} after.", ""]
+    for example in report.get("examples", []):
+        lines.append(f"- `{example['query']}` -> `{example['attacked']}`")
+    lines += ["", f"Time: {report['seconds']:.1f} s.", ""]
+    return "\n".join(lines)
+
+
+def write_attack_report(report: dict | list[dict], out_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """``out_dir/attack.json`` (the report, or ``{"definition", "attacks": [...]}`` for several) and ``attack.md``."""
+    out = Path(out_dir)
+    reports = report if isinstance(report, list) else [report]
+    payload = reports[0] if len(reports) == 1 else {"definition": RETRIEVAL_DEFINITION, "attacks": reports}
+    return (write_json_atomic(out / "attack.json", payload),
+            write_text_atomic(out / "attack.md", "\n".join(attack_markdown(r) for r in reports)))
