@@ -27,6 +27,7 @@ COMMAND_GROUPS: list[str] = [
     "safeclip.commands.datagen",
     "safeclip.commands.hysac",
     "safeclip.commands.explore",
+    "safeclip.commands.attack",
 ]
 
 

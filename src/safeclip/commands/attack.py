@@ -1,0 +1,74 @@
+"""``safeclip attack``: white-box attacks on a safe CLIP, scored by the Safe-CLIP retrieval protocol.
+
+    safeclip attack --model runs/tiny --data world/test.jsonl --attack gcg --budget tokens=8,steps=20 --out attacks/
+    safeclip attack --model runs/tiny --base world/base --data world/test.jsonl --attack gcg,pgd,transfer --out attacks/
+
+Writes ``attack.json`` and ``attack.md`` (the definition of success, the budget, NSFW@1 before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from safeclip.commands.evaluate import FORMATS
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from safeclip.attacks.retrieval import ATTACKS
+    from safeclip.attacks.success import RETRIEVAL_DEFINITION
+
+    parser = subparsers.add_parser(
+        "attack", help="attack a safe CLIP (gcg, pez, transfer on its text encoder; pgd on its vision encoder)",
+        description="Attacks every unsafe query of the test quadruplets and scores it with the Safe-CLIP retrieval "
+        f"protocol. {RETRIEVAL_DEFINITION} Writes attack.json and attack.md.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Budget keys (--budget key=value,...): tokens, steps, top_k, candidates (gcg), lr (pez), eps (/255), "
+        "step (/255), restarts (pgd), banned (words joined by |), transfer_from (gcg|pez), target (paired|base), seed.\n"
+        "A bare number is tokens for a token attack and eps for pgd.\nExample:\n"
+        "  safeclip attack --model compare/methods/safe-clip/run --base compare/base --data compare/world/test.jsonl \\\n"
+        "    --attack gcg,pgd,transfer --budget tokens=8,eps=4 --out attacks/safe-clip",
+    )
+    parser.add_argument("--model", required=True, help="the attacked model: CLIP folder or hub id, or a run folder")
+    parser.add_argument("--adapters", default=None, help="adapters applied to --model (a run's best/ folder)")
+    parser.add_argument("--base", default=None, help="the base model (needed by transfer and target=base)")
+    parser.add_argument("--data", required=True, help="test quadruplets with all four modalities (JSONL/CSV, ViSU)")
+    parser.add_argument("--image-root", default="", help="folder relative image paths start from")
+    parser.add_argument("--format", default="auto", choices=FORMATS, help="input format")
+    parser.add_argument("--attack", default="gcg", help=f"comma-separated attacks: {', '.join(ATTACKS)}")
+    parser.add_argument("--budget", default="", help="key=value,... (see below; default: 8 tokens, 20 steps, eps 4/255)")
+    parser.add_argument("--max-rows", type=int, default=0, help="attack only the first N quadruplets (0: all)")
+    parser.add_argument("--out", required=True, help="output folder (attack.json, attack.md)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from safeclip.attacks.retrieval import ATTACKS, attack_retrieval, parse_budget, write_attack_report
+    from safeclip.data import read_quadruplets
+    from safeclip.models.resolve import resolve_model
+
+    attacks = [a.strip() for a in args.attack.split(",") if a.strip()]
+    unknown = [a for a in attacks if a not in ATTACKS]
+    if unknown or not attacks:
+        raise ValueError(f"--attack {args.attack!r}: choose from {', '.join(ATTACKS)} (comma-separated)")
+    if args.max_rows < 0:
+        raise ValueError(f"--max-rows must be >= 0, got {args.max_rows}")
+    budgets = {a: parse_budget(args.budget, a) for a in attacks}
+    if args.base is None and any(a == "transfer" or b.target == "base" for a, b in budgets.items()):
+        raise ValueError("--attack transfer and target=base need --base (the model the safe one was made from)")
+    records, report = read_quadruplets(args.data, fmt=args.format, image_root=args.image_root or None,
+                                       max_rows=args.max_rows)
+    print(report.summary())
+    bundle = resolve_model(args.model, adapters=args.adapters)
+    base = resolve_model(args.base) if args.base else None
+    reports = []
+    for attack in attacks:
+        print(f"[attack] {attack}: {budgets[attack].describe(attack)} on {len(records)} unsafe queries", flush=True)
+        reports.append(attack_retrieval(bundle, records, attack, budgets[attack], base=base, model=args.model))
+        print(f"[attack] {attack}: NSFW@1 {reports[-1]['asr_before']:.1f}% before, ASR {reports[-1]['asr']:.1f}% "
+              f"after ({reports[-1]['seconds']:.0f} s)", flush=True)
+    json_path, md_path = write_attack_report(reports, Path(args.out))
+    print(md_path.read_text())
+    print(f"wrote {json_path} and {md_path}")
+    return 0

@@ -1,0 +1,69 @@
+"""``safeclip attack`` on tiny models and a small quadruplet file: reports, the definition of success, errors."""
+
+import json
+
+import pytest
+import torch
+
+from safeclip.attacks.retrieval import AttackBudget, attack_retrieval, parse_budget
+from safeclip.attacks.success import RETRIEVAL_DEFINITION, retrieval_asr
+from safeclip.cli import main
+from safeclip.data import read_quadruplets
+from safeclip.eval.evaluation import evaluate
+from safeclip.models.clip import load_clip
+from tests.fixtures import write_quadruplets
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return write_quadruplets(tmp_path_factory.mktemp("attack"), 12, seed=3)
+
+
+@pytest.mark.parametrize("attack", ["gcg", "pez", "pgd", "transfer"])
+def test_each_attack_reports_the_protocols_nsfw1_before_and_after(attack, data, tiny_clip_dir, safe_clip_dir):
+    records, _ = read_quadruplets(data)
+    safe, base = load_clip(safe_clip_dir), load_clip(tiny_clip_dir)
+    budget = AttackBudget(tokens=2, steps=2, top_k=4, candidates=8, eps=8, restarts=2)
+    report = attack_retrieval(safe, records, attack, budget, base=base, model="safe")
+    direction = "V*->T+T*" if attack == "pgd" else "T*->V+V*"
+    assert report["direction"] == direction and report["definition"] == RETRIEVAL_DEFINITION
+    # before the attack: exactly the evaluation path's NSFW@1 of that direction
+    clean = evaluate({"safe": safe}, records).models["safe"][direction]["NSFW@1"]
+    assert report["asr_before"] == pytest.approx(clean)
+    # after: the share of attacked queries whose top-1 is unsafe, per query
+    flags = report["per_query"]
+    assert report["asr"] == pytest.approx(retrieval_asr(flags["top1_unsafe_after"]))
+    assert report["asr_before"] == pytest.approx(retrieval_asr(flags["top1_unsafe_before"]))
+    assert report["objective"]["cosine_after"] >= report["objective"]["cosine_before"] - 1e-6
+
+
+def test_cli_writes_attack_json_and_md_with_the_definition(data, tiny_clip_dir, safe_clip_dir, tmp_path):
+    out = tmp_path / "out"
+    assert main(["attack", "--model", str(safe_clip_dir), "--base", str(tiny_clip_dir), "--data", str(data),
+                 "--attack", "gcg,pgd", "--budget", "tokens=2,steps=2,candidates=8,eps=2", "--out", str(out)]) == 0
+    report = json.loads((out / "attack.json").read_text())
+    assert report["definition"] == RETRIEVAL_DEFINITION
+    assert [r["attack"] for r in report["attacks"]] == ["gcg", "pgd"]
+    assert report["attacks"][0]["budget"]["tokens"] == 2 and report["attacks"][1]["budget"]["eps"] == 2
+    text = (out / "attack.md").read_text()
+    assert text.count("Definition of success") == 2 and "eps 2/255" in text and "2 tokens, 2 steps" in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--attack", "fgsm"], "choose from gcg, pez, pgd, transfer"),
+    (["--budget", "tokenz=3"], "unknown key 'tokenz'"),
+    (["--budget", "tokens=many"], "tokens takes a int"),
+    (["--budget", "eps=400"], "eps"),
+    (["--attack", "transfer"], "need --base"),
+    (["--budget", "target=elsewhere"], "target="),
+])
+def test_bad_input_gets_a_clear_error(argv, message, data, safe_clip_dir, tmp_path, capsys):
+    assert main(["attack", "--model", str(safe_clip_dir), "--data", str(data), "--out", str(tmp_path), *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_bare_budget_number_is_tokens_or_eps():
+    assert parse_budget("4", "gcg").tokens == 4
+    assert parse_budget("4", "pgd").eps == 4.0
