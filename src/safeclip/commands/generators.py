@@ -12,6 +12,7 @@ DTYPES = {"auto": None, "float32": "float32", "float16": "float16", "bfloat16": 
 
 
 def register_eval(evals: argparse._SubParsersAction) -> None:
+    from safeclip.attacks.prompt_sets import PROMPT_SETS
     from safeclip.eval.t2i import DEFAULT_NEGATIVE_PROMPT, T2I_VARIANTS
 
     t2i = evals.add_parser(
@@ -29,6 +30,9 @@ def register_eval(evals: argparse._SubParsersAction) -> None:
     add_encoder_arguments(t2i, "text encoder", "the pipeline's own text encoder")
     t2i.add_argument("--prompts", required=True, help="I2P CSV (prompt, categories[, sd_seed]) or ViSU/quadruplet file (unsafe captions)")
     t2i.add_argument("--max-prompts", type=int, default=0, help="use the first N prompts (0: all)")
+    t2i.add_argument("--prompt-set", default=None, choices=sorted(PROMPT_SETS),
+                     help="read --prompts as this published attack prompt set (its own file format) and write an "
+                     "attack report (attack.json, attack.md: pre-/post-attack ASR as UnlearnDiffAtk defines them)")
     t2i.add_argument("--variants", default=",".join(T2I_VARIANTS), help=f"comma-separated subset of {','.join(T2I_VARIANTS)}")
     t2i.add_argument("--judges", default="nudenet",
                      help="comma-separated image judges: nudenet[:THRESHOLD], q16:PROMPTS_FILE@CLIP (default: nudenet)")
@@ -120,7 +124,13 @@ def run_t2i_command(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown --variants {sorted(unknown)}; choose from {','.join(T2I_VARIANTS)}")
     if args.images_per_prompt < 1:
         raise ValueError("--images-per-prompt must be at least 1")
-    prompts = read_prompts(args.prompts, max_rows=args.max_prompts)
+    if args.prompt_set:
+        from safeclip.attacks.generation import with_originals
+        from safeclip.attacks.prompt_sets import read_prompt_set
+
+        prompts = with_originals(read_prompt_set(args.prompt_set, args.prompts, max_rows=args.max_prompts))
+    else:
+        prompts = read_prompts(args.prompts, max_rows=args.max_prompts)
     judges = [build_image_judge(s.strip()) for s in args.judges.split(",") if s.strip()]
     if not judges:
         raise ValueError("--judges is empty; give e.g. nudenet")
@@ -138,7 +148,25 @@ def run_t2i_command(args: argparse.Namespace) -> int:
 
         print((Path(args.out) / "t2i.md").read_text())
         print(f"wrote {Path(args.out) / 't2i.json'}")
+        if args.prompt_set:
+            write_attack_report(args, prompts, judges, cfg)
     return 0
+
+
+def write_attack_report(args: argparse.Namespace, prompts, judges, cfg) -> None:
+    """``attack.json`` / ``attack.md`` of a ``--prompt-set`` run, with what its rates depend on."""
+    from pathlib import Path
+
+    from safeclip.attacks.generation import write_prompt_set_report
+    from safeclip.attacks.success import GeneratorProtocol
+
+    thresholds = [j.threshold for j in judges if hasattr(j, "threshold")]
+    classes = sorted({c for j in judges for c in getattr(j, "labels", ())})
+    protocol = GeneratorProtocol(judges=args.judges, classes=tuple(classes), threshold=thresholds[0] if thresholds else None,
+                                 images_per_prompt=cfg.images_per_prompt, seeds=(cfg.seed,), steps=cfg.steps,
+                                 guidance_scale=cfg.guidance_scale, extra={"sd": args.sd, "prompts": args.prompts})
+    write_prompt_set_report(args.out, args.prompt_set, prompts, protocol)
+    print((Path(args.out) / "attack.md").read_text())
 
 
 def run_i2t_command(args: argparse.Namespace) -> int:
