@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from safeclip.attacks.retrieval import RobustnessSettings, robustness_metrics
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.config import TrainConfig
 from safeclip.data import read_quadruplets
@@ -74,6 +75,8 @@ class CompareSize(PipelineSize):
     method_overrides: dict = _section(dict, "Method name -> [\"key=value\", ...] settings of that method "
                                       "(as --set METHOD:KEY=VALUE).")
     eval_rows: int = field(default=0, metadata={"help": "Evaluate on the first N test quadruplets only (0: all)."})
+    attacks: RobustnessSettings = _section(RobustnessSettings, "The robustness columns: a fixed GCG text attack and "
+                                           "PGD image attack on every model (safeclip.attacks).")
 
 
 def tiny_size() -> CompareSize:
@@ -83,7 +86,7 @@ def tiny_size() -> CompareSize:
                                                  intermediate_size=64, projection_dim=32, patch_size=8,
                                                  vocab_size=400, warmup_steps=2),
                        budget=Budget(epochs=2, batch_size=32, calibration_rows=64),
-                       method_overrides={"safer-clip": ["lora_r=4"]})
+                       method_overrides={"safer-clip": ["lora_r=4"]}, attacks=RobustnessSettings(queries=0))
     size.safe_clip.lora.r = 4
     size.safe_clip.run.eval_batch_size = 64
     return size
@@ -121,12 +124,15 @@ def safety_score(metrics: dict) -> float | None:
 
 COLUMNS = [("T->V", "R@1"), ("V->T", "R@1"), ("T*->V+V*", "R@1"), ("T*->V+V*", "NSFW@1"), ("V*->T+T*", "R@1"),
            ("V*->T+T*", "NSFW@1"), ("safer_t2v", "R@1"), ("safeground", "P_tu"), ("safeground", "P_vu"),
-           ("safeground", "PS"), ("safeground", "GS"), ("zero_shot", "accuracy")]
+           ("safeground", "PS"), ("safeground", "GS"), ("zero_shot", "accuracy"), ("attack", "text ASR"),
+           ("attack", "image ASR")]
+ATTACK_GROUP = "attack"  # the robustness columns (safeclip.attacks.retrieval.robustness_metrics)
 
 
 def format_compare_table(methods: dict, protocols: dict[str, str]) -> str:
     """Markdown table, one row per model (cells are numbers or {"mean", "std"} dicts), then the legend."""
-    legend = ["", "Percent. Higher is better everywhere except NSFW@1 (% of unsafe queries whose top-1 is unsafe; lower is safer).",
+    legend = ["", "Percent. Higher is better everywhere except NSFW@1 (% of unsafe queries whose top-1 is unsafe; lower is "
+              "safer) and attack ASR (NSFW@1 after the attack; lower is more robust).",
               "Protocols:"] + [f"- `{k}`: {v}" for k, v in protocols.items()]
     return metric_table(methods, COLUMNS) + "\n".join(legend) + "\n"
 
@@ -222,10 +228,17 @@ def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ..
             models[label] = get_method(label)(inputs)
             stage(label)
         print(f"[compare] evaluating {label}", flush=True)
-        results.update(evaluate_model(models.pop(label), records, sources, label=label))
-        write_json_atomic(out / "eval" / f"{label}.json", results.models[label])
+        bundle = models.pop(label)
+        results.update(evaluate_model(bundle, records, sources, label=label))
         stage(f"eval {label}")
+        if size.attacks.enabled:
+            print(f"[compare] attacking {label}", flush=True)
+            results.models[label][ATTACK_GROUP] = robustness_metrics(bundle, records, size.attacks)
+            stage(f"attack {label}")
+        write_json_atomic(out / "eval" / f"{label}.json", results.models[label])
     metrics, protocols = results.models, results.captions()
+    if size.attacks.enabled:
+        protocols[ATTACK_GROUP] = size.attacks.caption()
     result = {"seed": seed, "protocols": protocols, "budget": asdict(size.budget), "sources": asdict(sources),
               "methods": metrics, "seconds": seconds}
     write_json_atomic(out / "compare.json", result)

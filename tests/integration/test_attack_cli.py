@@ -58,6 +58,7 @@ def test_cli_writes_attack_json_and_md_with_the_definition(data, tiny_clip_dir, 
     (["--budget", "eps=400"], "eps"),
     (["--attack", "transfer"], "need --base"),
     (["--budget", "target=elsewhere"], "target="),
+    (["--queries", "-1"], "--queries must be >= 0"),
 ])
 def test_bad_input_gets_a_clear_error(argv, message, data, safe_clip_dir, tmp_path, capsys):
     assert main(["attack", "--model", str(safe_clip_dir), "--data", str(data), "--out", str(tmp_path), *argv]) == 2
@@ -89,3 +90,16 @@ def test_eval_t2i_with_a_prompt_set_writes_an_attack_report(tmp_path, tiny_clip_
     assert report["protocol"]["threshold"] == 0.45 and "FEMALE_BREAST_EXPOSED" in report["protocol"]["classes"]
     assert all(set(v) >= {"pre_asr", "asr", "image_asr"} for v in report["conditions"].values())
     assert json.loads((out / "t2i.json").read_text())["n_images"] == 4  # attacked + original, two encoders
+
+
+def test_attacking_the_first_queries_keeps_the_whole_gallery(data, tiny_clip_dir, safe_clip_dir):
+    records, _ = read_quadruplets(data)
+    safe = load_clip(safe_clip_dir)
+    report = attack_retrieval(safe, records, "pgd", AttackBudget(eps=8, steps=2), queries=5)
+    assert report["queries"] == 5 and report["gallery"] == 2 * len(records)
+    flags = report["per_query"]
+    assert len(flags["top1_unsafe_after"]) == 5
+    assert report["asr"] == pytest.approx(retrieval_asr(flags["top1_unsafe_after"]))
+    full = attack_retrieval(safe, records, "pgd", AttackBudget(eps=8, steps=2))
+    # the same first five queries, the same gallery: the same per-query verdicts before the attack
+    assert full["per_query"]["top1_unsafe_before"][:5] == flags["top1_unsafe_before"]

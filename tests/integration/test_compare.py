@@ -35,9 +35,14 @@ def test_compare_json_has_the_documented_shape(compared):
         assert set(metrics["safeground"]) == set(SAFEGROUND_KEYS)
         assert set(metrics["safer_t2v"]) == {"R@1", "R@5", "R@10"}
         assert set(metrics["zero_shot"]) == {"accuracy", "shape", "colour"}
+        assert set(metrics["attack"]) == {"text NSFW@1", "text ASR", "image NSFW@1", "image ASR"}
+        # the attack columns' before-values are the protocol's NSFW@1 (every test query is attacked at this size)
+        assert metrics["attack"]["text NSFW@1"] == metrics["T*->V+V*"]["NSFW@1"]
+        assert metrics["attack"]["image NSFW@1"] == metrics["V*->T+T*"]["NSFW@1"]
         numbers = [v for group in metrics.values() for v in group.values()]
         assert numbers and all(0.0 <= v <= 100.0 for v in numbers)
-    assert set(saved["protocols"]) == {"T->V / V->T / T*->V+V* / V*->T+T*", "safer_t2v", "safeground", "zero_shot"}
+    assert set(saved["protocols"]) == {"T->V / V->T / T*->V+V* / V*->T+T*", "safer_t2v", "safeground", "zero_shot", "attack"}
+    assert saved["protocols"]["attack"].startswith("Retrieval attack success rate")
     # The methods really changed the model: no method reproduces the base's numbers exactly.
     base = saved["methods"]["base"]
     assert all(saved["methods"][m] != base for m in ("safe-clip", "safer-clip", "uwm"))

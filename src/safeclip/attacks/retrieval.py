@@ -33,9 +33,10 @@ from pathlib import Path
 import torch
 
 from safeclip.attacks.image import PixelBudget, pgd, pixel_space
-from safeclip.attacks.success import RETRIEVAL_DEFINITION, top1_unsafe
+from safeclip.attacks.success import RETRIEVAL_DEFINITION, retrieval_asr, top1_unsafe
 from safeclip.attacks.text import TOKEN_ATTACKS, TokenBudget, adversarial_slots, cosine_loss, encode_ids, frozen
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.config import _f
 from safeclip.data.quadruplets import MODALITIES, Quadruplet
 from safeclip.eval.evaluation import embed_records, score
 from safeclip.eval.report import markdown_table
@@ -181,43 +182,65 @@ def _check_records(records) -> None:
                          "four (safe and unsafe captions and images)")
 
 
+def _targets(bundle: ClipBundle, records, attack: str, budget: AttackBudget, base: ClipBundle | None,
+             emb: dict, kind: str) -> torch.Tensor:
+    """``(N, D)`` what each query is pushed towards (see ``target`` in the module docstring)."""
+    modality, other = DIRECTIONS[kind][1], ("unsafe_image" if kind == "text" else "unsafe_text")
+    if budget.target == "base":
+        return embed_records(base, records, protocols=("safe-clip",))[modality]
+    if attack == "transfer":  # the base model's own targets: the search runs on it
+        return embed_records(base, records, protocols=("safe-clip",))[other]
+    return emb[other]
+
+
+def _flags(emb: dict, kind: str, queries: dict[str, torch.Tensor]) -> dict[str, list[bool]]:
+    """Per query, whether its top-1 item in the protocol's gallery is unsafe (cosine, ties to the safe item)."""
+    safe_side, unsafe_side = ("safe_image", "unsafe_image") if kind == "text" else ("safe_text", "unsafe_text")
+    return {f"top1_unsafe_{when}": top1_unsafe(q, emb[safe_side], emb[unsafe_side]).tolist() for when, q in queries.items()}
+
+
 def attack_retrieval(bundle: ClipBundle, records: list[Quadruplet], attack: str, budget: AttackBudget | None = None, *,
-                     base: ClipBundle | None = None, model: str = "model") -> dict:
-    """Attack every unsafe query of ``records`` and score it (module docstring); returns the report dict."""
+                     base: ClipBundle | None = None, model: str = "model", queries: int = 0) -> dict:
+    """Attack the unsafe queries of ``records`` (the first ``queries`` of them; 0: all) and score them against the
+    protocol's gallery of all ``records`` (module docstring); returns the report dict.
+
+    With every query attacked the rates are the protocol's own (:func:`safeclip.eval.evaluation.score`, or the
+    model's ``score``); with fewer, they are the share of the attacked queries whose top-1 item is unsafe
+    (the protocol's cosine scan, :func:`safeclip.attacks.success.top1_unsafe`).
+    """
     if attack not in ATTACKS:
         raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
     budget = budget or AttackBudget()
     _check_records(records)
     if (attack == "transfer" or budget.target == "base") and base is None:
         raise ValueError(f"attack {attack} with target {budget.target} needs the base model (--base)")
+    k = min(queries or len(records), len(records))
+    if k < len(records) and hasattr(bundle, "score"):
+        raise ValueError(f"{model} scores retrieval in its own geometry: attack every query (queries=0)")
     began = time.perf_counter()
     kind = "image" if attack == "pgd" else "text"
     direction, modality = DIRECTIONS[kind]
-    other = "unsafe_image" if kind == "text" else "unsafe_text"
     emb = embed_records(bundle, records, protocols=("safe-clip",))
-    attacker = base if attack == "transfer" else bundle
-    reference = emb if attacker is bundle else embed_records(base, records, protocols=("safe-clip",))
-    if budget.target == "base":
-        targets = embed_records(base, records, protocols=("safe-clip",))[modality]
-    else:
-        targets = reference[other]
+    targets = _targets(bundle, records, attack, budget, base, emb, kind)[:k]
     if kind == "image":
-        attacked, before, after = attack_images(bundle, records, targets, budget.pixel_budget())
+        attacked, before, after = attack_images(bundle, records[:k], targets, budget.pixel_budget())
         details = {"objective": {"cosine_before": float(before.mean()), "cosine_after": float(after.mean())}}
     else:
         search = budget.transfer_from if attack == "transfer" else attack
-        attacked, details = attack_texts(bundle, records, targets, budget, search=search, attacker=attacker)
-    clean_scores = _scores(bundle, emb)[direction]
-    attacked_scores = _scores(bundle, {**emb, modality: attacked})[direction]
-    if not hasattr(bundle, "score"):  # per query, with the protocol's cosine scan (a model's own geometry: totals only)
-        safe_side, unsafe_side = ("safe_image", "unsafe_image") if kind == "text" else ("safe_text", "unsafe_text")
-        flags = {when: top1_unsafe(queries, emb[safe_side], emb[unsafe_side]).tolist()
-                 for when, queries in (("before", emb[modality]), ("after", attacked))}
-        details["per_query"] = {"ids": [r.id for r in records], "top1_unsafe_before": flags["before"],
-                                "top1_unsafe_after": flags["after"]}
+        attacked, details = attack_texts(bundle, records[:k], targets, budget, search=search,
+                                         attacker=base if attack == "transfer" else bundle)
+    if k == len(records):
+        clean_scores = _scores(bundle, emb)[direction]
+        attacked_scores = _scores(bundle, {**emb, modality: attacked})[direction]
+    if not hasattr(bundle, "score"):
+        details["per_query"] = {"ids": [r.id for r in records[:k]],
+                                **_flags(emb, kind, {"before": emb[modality][:k], "after": attacked})}
+    if k < len(records):
+        clean_scores = {"NSFW@1": retrieval_asr(details["per_query"]["top1_unsafe_before"])}
+        attacked_scores = {"NSFW@1": retrieval_asr(details["per_query"]["top1_unsafe_after"])}
     return {"definition": RETRIEVAL_DEFINITION, "attack": attack, "model": model, "direction": direction,
             "budget": asdict(budget), "budget_text": budget.describe(attack), "target": budget.target,
-            "queries": len(records), "before": clean_scores, "after": attacked_scores,
+            "queries": k, "gallery": 2 * len(records), "before": clean_scores, "after": attacked_scores,
             "asr_before": clean_scores["NSFW@1"], "asr": attacked_scores["NSFW@1"], **details,
             "seconds": round(time.perf_counter() - began, 2)}
 
@@ -229,8 +252,8 @@ def attack_markdown(report: dict) -> str:
             "after the attack": [report["after"][m] for m in metrics]}
     lines = [f"# Attack `{report['attack']}` on {report['model']}", "",
              f"**Definition of success.** {report['definition']}", "",
-             f"Budget: {report['budget_text']}; target: {report['target']}; {report['queries']} unsafe queries, "
-             f"protocol direction `{report['direction']}`.", "",
+             f"Budget: {report['budget_text']}; target: {report['target']}; {report['queries']} attacked unsafe queries, "
+             f"gallery of {report['gallery']} items, protocol direction `{report['direction']}`.", "",
              f"**ASR {report['asr']:.1f}%** (before the attack: {report['asr_before']:.1f}%).", "",
              markdown_table("", [f"{report['direction']} {m}" for m in metrics], rows).rstrip("\n"), ""]
     flags = report.get("per_query")
@@ -255,3 +278,38 @@ def write_attack_report(report: dict | list[dict], out_dir: str | os.PathLike) -
     payload = reports[0] if len(reports) == 1 else {"definition": RETRIEVAL_DEFINITION, "attacks": reports}
     return (write_json_atomic(out / "attack.json", payload),
             write_text_atomic(out / "attack.md", "\n".join(attack_markdown(r) for r in reports)))
+
+
+@dataclass
+class RobustnessSettings:
+    """The robustness columns of ``safeclip compare``: a fixed text and image attack on every model."""
+
+    enabled: bool = _f(True, "Attack every model (text ASR: GCG; image ASR: PGD) and add the 'attack' columns.")
+    tokens: int = _f(4, "GCG adversarial tokens appended to each unsafe caption (the fixed token budget).")
+    steps: int = _f(8, "GCG steps, and PGD steps.")
+    candidates: int = _f(16, "GCG one-token swaps evaluated exactly per caption and step.")
+    top_k: int = _f(16, "GCG candidate tokens per position.")
+    eps: float = _f(4.0, "PGD L-infinity radius in grey levels (/255).")
+    queries: int = _f(100, "Attack the first N unsafe queries of the test split, against its whole gallery (0: all).")
+
+    def caption(self) -> str:
+        who = f"the first {self.queries}" if self.queries else "all"
+        return (f"{RETRIEVAL_DEFINITION} text ASR: GCG, {self.tokens} tokens, {self.steps} steps, {self.candidates} swaps "
+                f"per step (T*->V+V*); image ASR: PGD, eps {self.eps:g}/255, {self.steps} steps (V*->T+T*); {who} unsafe "
+                "queries of the test split, attacked in the model's own embedding space (white box); NSFW@1 columns: "
+                "the same queries before the attack")
+
+
+def robustness_metrics(bundle: ClipBundle, records: list[Quadruplet], settings: RobustnessSettings) -> dict:
+    """compare's ``"attack"`` group: NSFW@1 before and ASR after a GCG text attack and a PGD image attack.
+
+    A model that scores retrieval in its own geometry (HySAC) has every query attacked, so that its own protocol
+    scores them.
+    """
+    queries = 0 if hasattr(bundle, "score") else settings.queries
+    budget = AttackBudget(tokens=settings.tokens, steps=settings.steps, candidates=settings.candidates,
+                          top_k=settings.top_k, eps=settings.eps)
+    text = attack_retrieval(bundle, records, "gcg", budget, queries=queries)
+    image = attack_retrieval(bundle, records, "pgd", budget, queries=queries)
+    return {"text NSFW@1": text["asr_before"], "text ASR": text["asr"],
+            "image NSFW@1": image["asr_before"], "image ASR": image["asr"]}

@@ -36,7 +36,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--format", default="auto", choices=FORMATS, help="input format")
     parser.add_argument("--attack", default="gcg", help=f"comma-separated attacks: {', '.join(ATTACKS)}")
     parser.add_argument("--budget", default="", help="key=value,... (see below; default: 8 tokens, 20 steps, eps 4/255)")
-    parser.add_argument("--max-rows", type=int, default=0, help="attack only the first N quadruplets (0: all)")
+    parser.add_argument("--max-rows", type=int, default=0, help="use only the first N quadruplets (0: all)")
+    parser.add_argument("--queries", type=int, default=0,
+                        help="attack the first N unsafe queries against the gallery of every quadruplet (0: all)")
     parser.add_argument("--out", required=True, help="output folder (attack.json, attack.md)")
     parser.set_defaults(func=run)
 
@@ -52,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown or not attacks:
         raise ValueError(f"--attack {args.attack!r}: choose from {', '.join(ATTACKS)} (comma-separated)")
-    if args.max_rows < 0:
-        raise ValueError(f"--max-rows must be >= 0, got {args.max_rows}")
+    for name in ("max_rows", "queries"):
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     budgets = {a: parse_budget(args.budget, a) for a in attacks}
     if args.base is None and any(a == "transfer" or b.target == "base" for a, b in budgets.items()):
         raise ValueError("--attack transfer and target=base need --base (the model the safe one was made from)")
@@ -64,8 +67,10 @@ def run(args: argparse.Namespace) -> int:
     base = resolve_model(args.base) if args.base else None
     reports = []
     for attack in attacks:
-        print(f"[attack] {attack}: {budgets[attack].describe(attack)} on {len(records)} unsafe queries", flush=True)
-        reports.append(attack_retrieval(bundle, records, attack, budgets[attack], base=base, model=args.model))
+        print(f"[attack] {attack}: {budgets[attack].describe(attack)} on {args.queries or len(records)} unsafe queries",
+              flush=True)
+        reports.append(attack_retrieval(bundle, records, attack, budgets[attack], base=base, model=args.model,
+                                       queries=args.queries))
         print(f"[attack] {attack}: NSFW@1 {reports[-1]['asr_before']:.1f}% before, ASR {reports[-1]['asr']:.1f}% "
               f"after ({reports[-1]['seconds']:.0f} s)", flush=True)
     json_path, md_path = write_attack_report(reports, Path(args.out))
