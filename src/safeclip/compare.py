@@ -25,9 +25,10 @@ Real data and backbones (GPU): give ``Sources(base=..., train=..., test=..., zer
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -258,6 +259,28 @@ def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ..
     print(format_compare_table(metrics, protocols))
     print(f"[compare] total {sum(seconds.values()):.0f} s; report: {out / 'compare.md'}", flush=True)
     return result
+
+
+def compared_models(out: str | os.PathLike, size: CompareSize | None = None) -> Iterator[tuple[str, ClipBundle]]:
+    """``(label, bundle)`` of the base and every method of a finished ``safeclip compare`` folder, one at a time.
+
+    Each method is loaded through its own ``run`` function, which reuses its finished folder (``size`` must be the
+    run's, e.g. ``SIZES["tiny"]``, for the reuse checks to pass); a method ``compare`` did not finish evaluating
+    (no ``eval/<label>.json``) raises ValueError instead of being trained here.
+    """
+    out = Path(out)
+    if not (out / "compare.json").is_file():
+        raise FileNotFoundError(f"{out} is not a finished compare folder (no compare.json); run safeclip compare --out {out}")
+    saved = json.loads((out / "compare.json").read_text())
+    size = size or CompareSize()
+    sources = Sources(**saved["sources"])
+    yield "base", load_clip(sources.base)
+    for label in (m for m in saved["methods"] if m != "base"):
+        if not (out / "eval" / f"{label}.json").is_file():
+            raise ValueError(f"{out / 'methods' / label} is not finished (no eval/{label}.json); rerun safeclip compare")
+        inputs = method_inputs(label, out / "methods" / label, sources, saved["seed"], size, False,
+                               size.method_overrides.get(label, []))
+        yield label, get_method(label)(inputs)
 
 
 def run_compare_seeds(out: str | os.PathLike, seeds: list[int], **kwargs) -> dict:

@@ -76,6 +76,18 @@ def test_rerun_reuses_every_stage_and_gives_the_same_numbers(compared):
     assert not rewritten, f"reused stages were rewritten: {rewritten[:5]}"
 
 
+def test_attack_loads_every_compared_model_without_training_it(compared, capsys):
+    from safeclip.compare import compared_models
+
+    out, _ = compared
+    before = stage_files(out)
+    labels = [label for label, _ in compared_models(out, SMALL)]
+    assert labels == ["base", "safe-clip", "safer-clip", "uwm"]
+    assert stage_files(out) == before, "loading a compared model wrote into its folder"
+    assert main(["attack", "--compare", str(out / "eval"), "--out", str(out / "attack")]) == 2
+    assert "no compare.json there" in capsys.readouterr().err
+
+
 def test_cli_rejects_an_unknown_method(tmp_path, capsys):
     assert main(["compare", "--out", str(tmp_path), "--methods", "hysac"]) == 2
     assert "known methods: safe-clip, safer-clip, uwm" in capsys.readouterr().err

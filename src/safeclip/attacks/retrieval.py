@@ -276,8 +276,14 @@ def write_attack_report(report: dict | list[dict], out_dir: str | os.PathLike) -
     out = Path(out_dir)
     reports = report if isinstance(report, list) else [report]
     payload = reports[0] if len(reports) == 1 else {"definition": RETRIEVAL_DEFINITION, "attacks": reports}
+    summary = ""
+    if len(reports) > 1:
+        rows = {f"{r['model']} / {r['attack']} ({r['budget_text']})": [str(r["queries"]), r["asr_before"], r["asr"]]
+                for r in reports}
+        summary = ("# Attacks\n\n" + RETRIEVAL_DEFINITION + "\n\n"
+                   + markdown_table("model / attack (budget)", ["queries", "NSFW@1 before", "ASR"], rows) + "\n")
     return (write_json_atomic(out / "attack.json", payload),
-            write_text_atomic(out / "attack.md", "\n".join(attack_markdown(r) for r in reports)))
+            write_text_atomic(out / "attack.md", summary + "\n".join(attack_markdown(r) for r in reports)))
 
 
 @dataclass

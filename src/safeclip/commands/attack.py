@@ -28,10 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "  safeclip attack --model compare/methods/safe-clip/run --base compare/base --data compare/world/test.jsonl \\\n"
         "    --attack gcg,pgd,transfer --budget tokens=8,eps=4 --out attacks/safe-clip",
     )
-    parser.add_argument("--model", required=True, help="the attacked model: CLIP folder or hub id, or a run folder")
+    models = parser.add_mutually_exclusive_group(required=True)
+    models.add_argument("--model", help="the attacked model: CLIP folder or hub id, or a run folder")
+    models.add_argument("--compare", help="a finished `safeclip compare` folder: attack its base and every method on "
+                        "its test split (--data and --base default to the folder's)")
+    parser.add_argument("--size", default="default", choices=["default", "tiny"],
+                        help="with --compare: the size the compare ran at (default or tiny)")
     parser.add_argument("--adapters", default=None, help="adapters applied to --model (a run's best/ folder)")
     parser.add_argument("--base", default=None, help="the base model (needed by transfer and target=base)")
-    parser.add_argument("--data", required=True, help="test quadruplets with all four modalities (JSONL/CSV, ViSU)")
+    parser.add_argument("--data", default=None, help="test quadruplets with all four modalities (JSONL/CSV, ViSU)")
     parser.add_argument("--image-root", default="", help="folder relative image paths start from")
     parser.add_argument("--format", default="auto", choices=FORMATS, help="input format")
     parser.add_argument("--attack", default="gcg", help=f"comma-separated attacks: {', '.join(ATTACKS)}")
@@ -58,22 +63,45 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) < 0:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     budgets = {a: parse_budget(args.budget, a) for a in attacks}
-    if args.base is None and any(a == "transfer" or b.target == "base" for a, b in budgets.items()):
+    if args.base is None and not args.compare and any(a == "transfer" or b.target == "base" for a, b in budgets.items()):
         raise ValueError("--attack transfer and target=base need --base (the model the safe one was made from)")
-    records, report = read_quadruplets(args.data, fmt=args.format, image_root=args.image_root or None,
-                                       max_rows=args.max_rows)
+    models, data, base_spec = _models(args)
+    records, report = read_quadruplets(data, fmt=args.format, image_root=args.image_root or None, max_rows=args.max_rows)
     print(report.summary())
-    bundle = resolve_model(args.model, adapters=args.adapters)
-    base = resolve_model(args.base) if args.base else None
+    base = resolve_model(base_spec) if base_spec else None
     reports = []
-    for attack in attacks:
-        print(f"[attack] {attack}: {budgets[attack].describe(attack)} on {args.queries or len(records)} unsafe queries",
-              flush=True)
-        reports.append(attack_retrieval(bundle, records, attack, budgets[attack], base=base, model=args.model,
-                                       queries=args.queries))
-        print(f"[attack] {attack}: NSFW@1 {reports[-1]['asr_before']:.1f}% before, ASR {reports[-1]['asr']:.1f}% "
-              f"after ({reports[-1]['seconds']:.0f} s)", flush=True)
+    for label, bundle in models:
+        for attack in attacks:
+            print(f"[attack] {label} {attack}: {budgets[attack].describe(attack)} on {args.queries or len(records)} "
+                  "unsafe queries", flush=True)
+            reports.append(attack_retrieval(bundle, records, attack, budgets[attack], base=base, model=label,
+                                           queries=args.queries))
+            print(f"[attack] {label} {attack}: NSFW@1 {reports[-1]['asr_before']:.1f}% before, ASR "
+                  f"{reports[-1]['asr']:.1f}% after ({reports[-1]['seconds']:.0f} s)", flush=True)
     json_path, md_path = write_attack_report(reports, Path(args.out))
     print(md_path.read_text())
     print(f"wrote {json_path} and {md_path}")
     return 0
+
+
+def _models(args: argparse.Namespace):
+    """``(models, data, base)``: an iterator of ``(label, bundle)`` and the data and base they are attacked with."""
+    import copy
+    import json
+    from pathlib import Path
+
+    from safeclip.models.resolve import resolve_model
+
+    if args.model:
+        if not args.data:
+            raise ValueError("--data is required with --model (the test quadruplets to attack)")
+        return iter([(args.model, resolve_model(args.model, adapters=args.adapters))]), args.data, args.base
+    from safeclip.compare import SIZES, compared_models
+
+    folder = Path(args.compare)
+    if not (folder / "compare.json").is_file():
+        raise FileNotFoundError(f"--compare {folder}: no compare.json there; give the --out folder of a finished "
+                                "safeclip compare run (with --seeds: one of its seed-N folders)")
+    sources = json.loads((folder / "compare.json").read_text())["sources"]
+    return (compared_models(folder, copy.deepcopy(SIZES[args.size])), args.data or sources["test"],
+            args.base or sources["base"])
