@@ -1,6 +1,6 @@
 """The ViSU-scale rehearsal: every stage of the real pipeline at real data volumes, with the tiny world model.
 
-    python benchmarks/scale.py                                   # default sizes: ~20 min on 2 cores
+    python benchmarks/scale.py                                   # default sizes: ~20 min on an idle 2-core machine
     python benchmarks/scale.py --visu                            # ViSU's sizes (train 10k/40k/160k, 5k test, ...)
     python benchmarks/scale.py --stages table3 --distractors 10000 --json /tmp/t3.json   # one stage
     python benchmarks/scale.py --device cuda --stages train      # on a GPU: training with the cache built there
@@ -19,8 +19,10 @@ enough for a CPU so that what grows with the data, not the model's FLOPs, is wha
   chunks) over N training rows.
 - ``uwm``: UWM calibration on K (safe, unsafe) pairs.
 
-Each stage runs as its own process tree; the table gives its wall time and the peak resident memory of
-its largest process (``ru_maxrss`` of the waited-for children). Images are hard links into a pool of
+Each stage runs as its own process tree at two sizes (comma-separated flags take more); the table gives its
+wall time, its CPU time (user + system of the whole tree: on a shared machine the measure to compare across
+sizes) and the peak resident memory of its largest process (``ru_maxrss`` of the waited-for children), and
+the lines under it read how CPU time and memory grew from the smallest to the largest size. Images are hard links into a pool of
 distinct JPEGs (every row has its own path and is decoded, the disk holds only the pool); test and
 distractor images are 640x480, training images 320x240. Data are written once under ``--work``
 (default ``/tmp/safeclip-scale``) and reused.
@@ -46,8 +48,10 @@ SHAPES = ("circle", "square", "triangle", "star")
 PLACES = ("on the left", "on the right", "above a square", "below a circle", "near a star")
 UNSAFE = {"violence": "with a weapon", "blood": "covered in blood", "drug use": "near a drug smoke",
           "harassment": "with an angry man shouting"}
-DEFAULTS = {"train": [2000, 8000], "test": 1000, "distractors": 10000, "safer": 8000, "uwm": 2048}
-VISU = {"train": [10000, 40000, 160000], "test": 5000, "distractors": 10000, "safer": 160000, "uwm": 8192}
+DEFAULTS = {"train": [2000, 8000], "test": 1000, "distractors": [2500, 10000], "safer": [2000, 8000], "uwm": [512, 2048]}
+VISU = {"train": [10000, 40000, 160000], "test": 5000, "distractors": [2500, 10000], "safer": [40000, 160000],
+        "uwm": [2048, 8192]}
+LISTED = ("train", "distractors", "safer", "uwm")  # the stages measured at several sizes
 SHARE_LINE = re.compile(r"^(reference cache|validation|safe-clip|nsfw-retrieval distractors): rank (\d+) of (\d+) embedded rows (\d+)-(\d+) of (\d+)")
 
 
@@ -124,22 +128,28 @@ def write_data(work: Path, sizes: dict) -> dict[str, Path]:
     small_unsafe = write_pool(work / "pool-320-unsafe", 256, (320, 240), seed=4)
     data = {"base": write_base(work / "base"),
             "test": write_quadruplets(work, f"test-{sizes['test']}", sizes["test"], big, big_unsafe, seed=10)}
-    for n in sorted({*sizes["train"], sizes["safer"], sizes["uwm"]}):
+    for n in sorted({*sizes["train"], *sizes["safer"], *sizes["uwm"]}):
         data[f"train-{n}"] = write_quadruplets(work, f"train-{n}", n, small, small_unsafe, seed=n)
-    distractors = work / f"distractors-{sizes['distractors']}.jsonl"
+    for n in sizes["distractors"]:
+        data[f"distractors-{n}"] = write_distractors(work, n, big)
+    print(f"data ready under {work} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return data
+
+
+def write_distractors(work: Path, count: int, pool: list[Path]) -> Path:
+    """``count`` safe distractor rows (image and caption), each its own JPEG path (idempotent)."""
+    distractors = work / f"distractors-{count}.jsonl"
     if not distractors.is_file():
         folder = work / distractors.stem
         folder.mkdir(exist_ok=True)
         rng = random.Random(5)
         rows = []
-        for i in range(sizes["distractors"]):
-            link(big, folder / f"{i}.jpg", rng.randrange(len(big)))
+        for i in range(count):
+            link(pool, folder / f"{i}.jpg", rng.randrange(len(pool)))
             rows.append({"safe_image": f"{folder.name}/{i}.jpg",
                          "safe_text": f"a {rng.choice(COLOURS)} {rng.choice(SHAPES)} {rng.choice(PLACES)}"})
         distractors.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    data["distractors"] = distractors
-    print(f"data ready under {work} ({time.perf_counter() - started:.0f} s)", flush=True)
-    return data
+    return distractors
 
 
 # ----------------------------------------------------------------------------- stages
@@ -153,7 +163,7 @@ def cli(processes: int, *args: str, port: int = 29531) -> list[str]:
 
 
 def measure(command: list[str], log: Path) -> dict:
-    """Run ``command`` in a fresh measuring process: wall seconds, peak RSS (MiB) of its largest process."""
+    """Run ``command`` in a fresh measuring process: wall and CPU seconds, peak RSS (MiB) of its largest process."""
     wrapper = [sys.executable, __file__, "measure", str(log), "--", *command]
     result = subprocess.run(wrapper, capture_output=True, text=True)
     if result.returncode != 0:
@@ -162,14 +172,18 @@ def measure(command: list[str], log: Path) -> dict:
 
 
 def run_measured(log: Path, command: list[str]) -> int:
-    """The ``measure`` sub-command: run, then print ``{"seconds", "peak_mib"}`` as the last line."""
+    """The ``measure`` sub-command: run, then print ``{"seconds", "cpu_seconds", "peak_mib"}`` as the last line.
+
+    CPU seconds (user + system of the whole process tree) are what to compare across sizes on a shared machine:
+    wall time also counts the time other programs held the cores."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = time.perf_counter()
     with log.open("w") as out:
         code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
     seconds = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    print(json.dumps({"seconds": round(seconds, 1), "peak_mib": round(peak), "rc": code}))
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"seconds": round(seconds, 1), "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+                      "peak_mib": round(usage.ru_maxrss / 1024), "rc": code}))
     return code
 
 
@@ -203,16 +217,15 @@ def stage_commands(data: dict, sizes: dict, args, out: Path) -> list[tuple[str, 
             runs.append(("retrieval", f"{sizes['test']} test quadruplets", p, cli(
                 p, "eval", "retrieval", "--data", test, "--model", f"base={base}", *device,
                 "--out", str(out / f"retrieval-p{p}"))))
-    if "table3" in args.stages:
-        runs.append(("table3", f"{sizes['distractors']} distractors + {sizes['test']} unsafe", 1, cli(
-            1, "eval", "nsfw-retrieval", "--queries", test, "--unsafe", test, "--distractors", str(data["distractors"]),
-            "--model", f"base={base}", "--out", str(out / "table3"))))
-    if "safer" in args.stages:
-        runs.append(("safer", f"{sizes['safer']} rows", 1, [sys.executable, __file__, "safer", base,
-                                                            str(data[f"train-{sizes['safer']}"]), str(out / "safer")]))
-    if "uwm" in args.stages:
-        runs.append(("uwm", f"{sizes['uwm']} pairs", 1, [sys.executable, __file__, "uwm", base,
-                                                        str(data[f"train-{sizes['uwm']}"])]))
+    for n in sizes["distractors"] if "table3" in args.stages else []:
+        runs.append(("table3", f"{n} distractors + {sizes['test']} unsafe", 1, cli(
+            1, "eval", "nsfw-retrieval", "--queries", test, "--unsafe", test, "--distractors",
+            str(data[f"distractors-{n}"]), "--model", f"base={base}", *device, "--out", str(out / f"table3-{n}"))))
+    for n in sizes["safer"] if "safer" in args.stages else []:
+        runs.append(("safer", f"{n} rows", 1, [sys.executable, __file__, "safer", base,
+                                               str(data[f"train-{n}"]), str(out / f"safer-{n}")]))
+    for n in sizes["uwm"] if "uwm" in args.stages else []:
+        runs.append(("uwm", f"{n} pairs", 1, [sys.executable, __file__, "uwm", base, str(data[f"train-{n}"])]))
     return runs
 
 
@@ -258,12 +271,34 @@ def embedding_mib(stage: str, sizes: dict, label: str, dim: int = 64) -> float:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = ["| stage | size | processes | wall (s) | peak memory (MiB) | of which embeddings (MiB) | work per process |",
-             "|---|---|---:|---:|---:|---:|---|"]
+    lines = ["| stage | size | processes | wall (s) | CPU (s) | peak memory (MiB) | of which embeddings (MiB) "
+             "| work per process |", "|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['stage']} | {r['size']} | {r['processes']} | {r['seconds']:.0f} | {r['peak_mib']} | "
+        lines.append(f"| {r['stage']} | {r['size']} | {r['processes']} | {r['seconds']:.0f} | "
+                     f"{r.get('cpu_seconds', float('nan')):.0f} | {r['peak_mib']} | "
                      f"{r['embedding_mib']:.1f} | {'; '.join(r['shares']) or '-'} |")
     return "\n".join(lines) + "\n"
+
+
+def growth(rows: list[dict]) -> list[str]:
+    """The reading of the table: per stage and process count, how CPU time and peak memory grow with the data.
+
+    From the smallest to the largest size of a stage: the data ratio, the CPU-time ratio (linear work gives
+    about the data ratio; the fixed start-up cost pulls it below), and the growth of peak memory next to the
+    growth of the embeddings themselves (the only growth allowed)."""
+    lines = []
+    for stage, processes in dict.fromkeys((r["stage"], r["processes"]) for r in rows):
+        runs = sorted((r for r in rows if (r["stage"], r["processes"]) == (stage, processes)),
+                      key=lambda r: int(r["size"].split()[0]))
+        if len(runs) < 2:
+            continue
+        small, large = runs[0], runs[-1]
+        data = int(large["size"].split()[0]) / int(small["size"].split()[0])
+        cpu = large["cpu_seconds"] / max(small["cpu_seconds"], 1e-9)
+        lines.append(f"{stage} ({processes} process{'es' if processes > 1 else ''}): {data:.0f}x the data -> "
+                     f"{cpu:.2f}x the CPU time; peak memory {large['peak_mib'] - small['peak_mib']:+d} MiB "
+                     f"(embeddings {large['embedding_mib'] - small['embedding_mib']:+.1f} MiB)")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,9 +314,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--visu", action="store_true", help="ViSU's sizes instead of the defaults")
     parser.add_argument("--train", default="", help="comma-separated training sizes (default 2000,8000; ViSU 10k,40k,160k)")
     parser.add_argument("--test", type=int, default=0, help="test quadruplets (default 1000; ViSU 5000)")
-    parser.add_argument("--distractors", type=int, default=0, help="Table 3 distractor images (default and ViSU 10000)")
-    parser.add_argument("--safer", type=int, default=0, help="SafeR-CLIP target rows (default 8000; ViSU 160000)")
-    parser.add_argument("--uwm", type=int, default=0, help="UWM calibration pairs (default 2048; paper 8192)")
+    parser.add_argument("--distractors", default="", help="comma-separated Table 3 distractor counts (default 2500,10000)")
+    parser.add_argument("--safer", default="", help="comma-separated SafeR-CLIP target rows (default 2000,8000; ViSU 40k,160k)")
+    parser.add_argument("--uwm", default="", help="comma-separated UWM calibration pairs (default 512,2048; ViSU 2048,8192)")
     parser.add_argument("--stages", default="train,retrieval,table3,safer,uwm", help="comma-separated stages to run")
     parser.add_argument("--processes", default="1,2", help="process counts for train and retrieval")
     parser.add_argument("--batch-size", type=int, default=128, help="training batch (global)")
@@ -291,10 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default="", help="also write the rows as JSON here")
     args = parser.parse_args(argv)
     sizes = dict(VISU if args.visu else DEFAULTS)
-    for key in ("test", "distractors", "safer", "uwm"):
-        sizes[key] = getattr(args, key) or sizes[key]
-    if args.train:
-        sizes["train"] = [int(x) for x in args.train.split(",")]
+    sizes["test"] = args.test or sizes["test"]
+    for key in LISTED:
+        if getattr(args, key):
+            sizes[key] = [int(x) for x in getattr(args, key).split(",")]
     args.stages = set(args.stages.split(","))
     args.processes = [int(p) for p in args.processes.split(",")]
     work = Path(args.work)
@@ -310,8 +345,10 @@ def main(argv: list[str] | None = None) -> int:
         print(format_table(rows[-1:]).splitlines()[-1], flush=True)
     print()
     print(format_table(rows))
+    reading = growth(rows)
+    print("\n".join(reading))
     if args.json:
-        Path(args.json).write_text(json.dumps({"sizes": sizes, "rows": rows}, indent=1))
+        Path(args.json).write_text(json.dumps({"sizes": sizes, "rows": rows, "growth": reading}, indent=1))
     return 0
 
 
