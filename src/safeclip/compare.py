@@ -37,16 +37,21 @@ from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.config import TrainConfig
 from safeclip.data import read_quadruplets
 from safeclip.distributed import resolve_device
-from safeclip.eval.evaluation import EvalResults, evaluate
+from safeclip.eval.evaluation import EvalResults, embed_records, evaluate
 from safeclip.eval.report import metric_table, summarize_seeds
-from safeclip.methods.base import METHOD_NAMES, Budget, MethodInputs, get_method
+from safeclip.hysac.classifier import PROTOCOL as NSFW_CLS_CAPTION
+from safeclip.hysac.classifier import classification_group
+from safeclip.methods.base import DEFAULT_METHODS, Budget, MethodInputs, get_method
 from safeclip.methods.safe_clip import recipe_config
 from safeclip.models.clip import ClipBundle, load_clip
 from safeclip.timing import StageClock
 from safeclip.world.build import WorldSize
 from safeclip.world.pretrain import PretrainSettings
 
-EVAL_PROTOCOLS = ("safe-clip", "safer-t2v", "safeground")  # and zero-shot accuracy
+EVAL_PROTOCOLS = ("safe-clip", "safer-t2v", "safeground", "allowed-access")  # and zero-shot accuracy
+NSFW_CLS_GROUP = "nsfw_cls"  # the NSFW classifier (threshold from the validation split)
+HYSAC_CAPTION = ("HySAC rows rank by hyperbolic distance; hysac+traversal moves every query by the authors' safety "
+                 "traversal first (bounds: 95th percentiles of the validation split's distances to the origin)")
 
 
 def _section(factory, help: str):
@@ -87,7 +92,8 @@ def tiny_size() -> CompareSize:
                                                  intermediate_size=64, projection_dim=32, patch_size=8,
                                                  vocab_size=400, warmup_steps=2),
                        budget=Budget(epochs=2, batch_size=32, calibration_rows=64),
-                       method_overrides={"safer-clip": ["lora_r=4"]}, attacks=RobustnessSettings(queries=0))
+                       method_overrides={"safer-clip": ["lora_r=4"], "hysac": ["lora.r=4", "run.eval_batch_size=64"]},
+                       attacks=RobustnessSettings(queries=0))
     size.safe_clip.lora.r = 4
     size.safe_clip.run.eval_batch_size = 64
     return size
@@ -110,11 +116,30 @@ class Sources:
 
 
 def evaluate_model(bundle: ClipBundle, records, sources: Sources, *, label: str = "model",
-                   batch_size: int = 512) -> EvalResults:
+                   batch_size: int = 512, val_records=None, radii_plot=None) -> EvalResults:
     """Every comparison metric of one model on the test ``records`` (see the module docstring for the keys);
-    a protocol the records cannot feed (e.g. no unsafe images) is left out."""
-    return evaluate({label: bundle}, records, protocols=EVAL_PROTOCOLS, batch_size=batch_size, skip_missing=True,
-                    device=resolve_device("auto"), zero_shot_world=sources.world, zero_shot_folder=sources.zero_shot_folder)
+    a protocol the records cannot feed (e.g. no unsafe images) is left out.
+
+    ``val_records`` add the NSFW classifier (group ``"nsfw_cls"``: root distance for HySAC, the unsafe-prototype
+    baseline otherwise; threshold from them). ``radii_plot``: where to draw a HySAC model's radii picture.
+    """
+    device = resolve_device("auto")
+    results = evaluate({label: bundle}, records, protocols=EVAL_PROTOCOLS, batch_size=batch_size, skip_missing=True,
+                       device=device, zero_shot_world=sources.world,
+                       zero_shot_folder=sources.zero_shot_folder, keep_embeddings=True)
+    test = results.embeddings.pop(label)
+    curv = bundle.curvature() if hasattr(bundle, "curvature") else None
+    if val_records and "unsafe_image" in test and "unsafe_text" in test:
+        val = embed_records(bundle, val_records, protocols=("safeground",), device=device,
+                           batch_size=batch_size)
+        results.models[label][NSFW_CLS_GROUP] = classification_group(val, test, curv=curv)
+    if radii_plot and curv is not None:
+        from safeclip.hysac.evaluate import radii_by_group
+        from safeclip.plots import plot_radii
+
+        lines = {key: stats["up_95"] for key, stats in (bundle.bounds or {}).items()}
+        plot_radii(radii_by_group(test, curv), radii_plot, bounds=lines)
+    return results
 
 
 def safety_score(metrics: dict) -> float | None:
@@ -125,8 +150,9 @@ def safety_score(metrics: dict) -> float | None:
 
 COLUMNS = [("T->V", "R@1"), ("V->T", "R@1"), ("T*->V+V*", "R@1"), ("T*->V+V*", "NSFW@1"), ("V*->T+T*", "R@1"),
            ("V*->T+T*", "NSFW@1"), ("safer_t2v", "R@1"), ("safeground", "P_tu"), ("safeground", "P_vu"),
-           ("safeground", "PS"), ("safeground", "GS"), ("zero_shot", "accuracy"), ("attack", "text ASR"),
-           ("attack", "image ASR")]
+           ("safeground", "PS"), ("safeground", "GS"), ("allowed", "T*->V* R@1"), ("allowed", "V*->T* R@1"),
+           ("nsfw_cls", "text accuracy"), ("nsfw_cls", "image accuracy"), ("nsfw_cls", "image AUROC"),
+           ("zero_shot", "accuracy"), ("attack", "text ASR"), ("attack", "image ASR")]
 ATTACK_GROUP = "attack"  # the robustness columns (safeclip.attacks.retrieval.robustness_metrics)
 
 
@@ -202,11 +228,27 @@ def method_inputs(label: str, out: Path, sources: Sources, seed: int, size: Pipe
                         settings=copy.deepcopy(size.safe_clip) if label == "safe-clip" else None)
 
 
-def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ...] | list[str] = METHOD_NAMES,
+def method_overrides(size: CompareSize, label: str) -> list[str]:
+    """The settings of ``label``; ``hysac+traversal`` evaluates the ``hysac`` run, so it gets hysac's settings too."""
+    shared = size.method_overrides.get("hysac", []) if label == "hysac+traversal" else []
+    return [*shared, *size.method_overrides.get(label, [])]
+
+
+def with_traversal_rows(methods) -> tuple[str, ...]:
+    """``hysac`` brings the row ``hysac+traversal`` (the same trained model, evaluated with safety traversal);
+    ``base`` is always the first row, so it is dropped from the methods."""
+    methods = [m for m in methods if m != "base"]
+    if "hysac" in methods and "hysac+traversal" not in methods:
+        methods.insert(methods.index("hysac") + 1, "hysac+traversal")
+    return tuple(methods)
+
+
+def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ...] | list[str] = DEFAULT_METHODS,
                 size: CompareSize | None = None, sources: Sources | None = None, progress: bool = True,
                 command: str = "") -> dict:
     """Run base + ``methods`` into ``out``; returns the ``compare.json`` content."""
     size = size or CompareSize()
+    methods = with_traversal_rows(methods)
     for name in methods:
         get_method(name)  # unknown names fail before any work
     out = Path(out)
@@ -217,6 +259,7 @@ def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ..
     sources = sources or prepare_world(out, seed, size, progress)
     stage("world+base")
     records, _ = read_quadruplets(Path(sources.test))
+    val_records = read_quadruplets(Path(sources.val))[0] if sources.val else None
     if size.eval_rows:
         records = records[: size.eval_rows]
     models: dict[str, ClipBundle] = {"base": load_clip(sources.base)}
@@ -225,14 +268,16 @@ def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ..
         if label != "base":
             print(f"[compare] method {label} -> {out / 'methods' / label}", flush=True)
             inputs = method_inputs(label, out / "methods" / label, sources, seed, size, progress,
-                                   size.method_overrides.get(label, []))
+                                   method_overrides(size, label))
             models[label] = get_method(label)(inputs)
             stage(label)
         print(f"[compare] evaluating {label}", flush=True)
         bundle = models.pop(label)
-        results.update(evaluate_model(bundle, records, sources, label=label))
+        results.update(evaluate_model(bundle, records, sources, label=label, val_records=val_records,
+                                      radii_plot=out / "hysac_radii.png" if label == "hysac" else None))
         stage(f"eval {label}")
-        if size.attacks.enabled:
+        # the attacks rank by cosine; a model with its own geometry (HySAC: hyperbolic distance) is not attacked
+        if size.attacks.enabled and not hasattr(bundle, "score"):
             print(f"[compare] attacking {label}", flush=True)
             results.models[label][ATTACK_GROUP] = robustness_metrics(bundle, records, size.attacks)
             stage(f"attack {label}")
@@ -240,6 +285,10 @@ def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ..
     metrics, protocols = results.models, results.captions()
     if size.attacks.enabled:
         protocols[ATTACK_GROUP] = size.attacks.caption()
+    if any(NSFW_CLS_GROUP in m for m in metrics.values()):
+        protocols[NSFW_CLS_GROUP] = NSFW_CLS_CAPTION
+    if any(m.startswith("hysac") for m in methods):
+        protocols["hysac"] = HYSAC_CAPTION
     result = {"seed": seed, "protocols": protocols, "budget": asdict(size.budget), "sources": asdict(sources),
               "methods": metrics, "seconds": seconds}
     write_json_atomic(out / "compare.json", result)
@@ -248,11 +297,13 @@ def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ..
     safer = {k: all(v[d]["NSFW@1"] < metrics["base"][d]["NSFW@1"] for d in ("T*->V+V*", "V*->T+T*") if d in v)
              for k, v in metrics.items() if k != "base"}
     text = "\n".join([
-        f"# Safe-CLIP, SafeR-CLIP and UWM beside the base CLIP (seed {seed})", "",
+        f"# {', '.join(methods)} beside the base CLIP (seed {seed})", "",
         f"Reproduce: `{command}`", "", format_compare_table(metrics, protocols),
         "Unsafe queries safer than the base in both directions (NSFW@1 below the base's): "
         + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in safer.items()), "",
         "![safety vs utility](safety_utility.png)", "",
+        *(["HySAC's picture: distances to the origin of the test items (dashed: the 95th-percentile bounds).", "",
+           "![HySAC radii](hysac_radii.png)", ""] if (out / "hysac_radii.png").is_file() else []),
         "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()), "",
     ])
     write_text_atomic(out / "compare.md", text)
@@ -294,7 +345,7 @@ def run_compare_seeds(out: str | os.PathLike, seeds: list[int], **kwargs) -> dic
     write_json_atomic(out / "compare_seeds.json", {"seeds": seeds, "protocols": protocols, "methods": summary})
     plot_safety_utility(summary, out / "safety_utility.png")
     table = format_compare_table(summary, protocols)
-    methods = ",".join(kwargs.get("methods", METHOD_NAMES))
+    methods = ",".join(kwargs.get("methods", DEFAULT_METHODS))
     write_text_atomic(out / "compare_seeds.md", "\n".join([
         f"# Comparison, mean ± std over seeds {', '.join(map(str, seeds))}", "",
         f"Reproduce: `safeclip compare --out {shlex.quote(str(out))} --seeds {','.join(map(str, seeds))} --methods {methods}`",

@@ -125,16 +125,31 @@ class RunConfig:
 
 
 @dataclass
+class HysacSettings:
+    curv_init: float = _f(1.0, "HySAC: initial curvature c of the hyperboloid (curvature -c); learned within [c0/10, 10 c0] (authors: 1).")
+    learn_curv: bool = _f(True, "HySAC: learn the curvature (authors: true).")
+    entailment_weight: float = _f(1.0, "HySAC: lambda_e, weight of each entailment term before the authors' normalisation (lambda / sum / 7).")
+    weights: dict = _f({}, "HySAC: explicit weight per loss term (safeclip.hysac.losses.LOSS_TERMS) instead of the authors' normalised ones.")
+    aperture_scale: float = _f(1.0, "HySAC: eta, multiplier of the entailment cone's half-aperture (authors: 1).")
+    bounds_split: str = _f("val", "HySAC: split whose distances to the origin give the safety bounds stored with the best model ('val' or 'train').")
+
+
+@dataclass
 class TrainConfig:
+    method: str = _f("safe-clip", "Training objective: safe-clip (Eq. 4-7) or hysac (hyperbolic contrastive + entailment, HySAC CVPR 2025).")
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    hysac: HysacSettings = field(default_factory=HysacSettings)
 
     def validate(self) -> TrainConfig:
         checks = [
+            (self.method in {"safe-clip", "hysac"}, f"method must be safe-clip or hysac, got {self.method!r}"),
+            (self.hysac.curv_init > 0, "hysac.curv_init must be > 0 (the hyperboloid's curvature is -c)"),
+            (self.hysac.bounds_split in {"val", "train"}, "hysac.bounds_split must be 'val' or 'train'"),
             (self.lora.r > 0, "lora.r must be a positive integer (paper: 16)"),
             (self.lora.train_text or self.lora.train_vision, "at least one of lora.train_text / lora.train_vision must be true"),
             (0.0 <= self.lora.dropout < 1.0, "lora.dropout must lie in [0, 1)"),

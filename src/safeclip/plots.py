@@ -100,3 +100,20 @@ def _wrap(text: str, width: int = 34) -> str:
             line = f"{line} {word}".strip()
     lines.append(line)
     return "\n".join(lines)
+
+
+def plot_radii(radii: dict[str, list[float]], out: str | os.PathLike, *, bounds: dict | None = None,
+               title: str = "HySAC: distance to the origin") -> Path:
+    """Histograms of the distance to the origin per group (e.g. safe / unsafe texts and images): HySAC's
+    picture, safe content near the root and unsafe content farther out. ``bounds``: {label: radius} lines."""
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for label, values in radii.items():
+        ax.hist(values, bins=30, alpha=0.5, label=label)
+    for label, radius in (bounds or {}).items():
+        ax.axvline(radius, linestyle="--", linewidth=1, color="black")
+        ax.annotate(label, (radius, ax.get_ylim()[1] * 0.9), textcoords="offset points", xytext=(3, 0), fontsize=8)
+    ax.set_xlabel("distance to the origin (hyperbolic)")
+    ax.set_ylabel("items")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    return save_figure(fig, out)

@@ -237,6 +237,54 @@ def safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batc
     )
 
 
+class SafeClipObjective:
+    """The loop's method step for Safe-CLIP (Eq. 4-7). Another objective (``safeclip.hysac.training``)
+    answers the same calls: extra trainable modules (saved in every checkpoint and restored on resume),
+    its optimizer, the step's loss terms, hooks around the optimizer step, validation, what it adds to
+    ``best/`` and what it does once training ends."""
+
+    name = "safe-clip"
+    needs_references = True  # T0(t), V0(v): cached or computed per step
+
+    def __init__(self, bundle: ClipBundle, cfg: TrainConfig):
+        self.cfg = cfg
+
+    def modules(self) -> list[torch.nn.Module]:
+        return []  # trained besides the LoRA adapters
+
+    def optimizer(self, lora_params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+        """Paper: Adam over the LoRA parameters only."""
+        return torch.optim.Adam(lora_params, lr=self.cfg.optim.lr, weight_decay=self.cfg.optim.weight_decay)
+
+    def step_losses(self, text_model, vision_model, text_base, vision_base, batch: dict, dtype: torch.dtype,
+                    cached_refs: dict | None) -> dict[str, torch.Tensor]:
+        return safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batch, self.cfg, dtype, cached_refs)
+
+    def before_optimizer_step(self, accelerator: Accelerator) -> None:
+        pass
+
+    def after_optimizer_step(self) -> None:
+        pass
+
+    def validate(self, text_base, vision_base, bundle: ClipBundle, records) -> tuple[float, dict]:
+        return validate(text_base, vision_base, bundle, records, self.cfg)
+
+    def write_best(self, folder: Path) -> None:
+        pass
+
+    def finish(self, run_dir: Path, val_records: list) -> None:
+        pass
+
+
+def make_objective(bundle: ClipBundle, cfg: TrainConfig):
+    """``cfg.method``'s objective: :class:`SafeClipObjective` or HySAC's (``safeclip.hysac.training``)."""
+    if cfg.method == "hysac":
+        from safeclip.hysac.training import HysacObjective
+
+        return HysacObjective(bundle, cfg)
+    return SafeClipObjective(bundle, cfg)
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -260,9 +308,15 @@ def validate(text_base, vision_base, bundle: ClipBundle, records, cfg: TrainConf
 # ----------------------------------------------------------------------------- checkpoints
 
 
+STATE_PREFIXES = ("text", "vision", "objective")  # the encoders, then the objective's own module (HySAC's scalars)
+
+
 def lora_state(*models: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable parameter of ``models`` (text encoder, vision encoder, objective module), prefixed."""
+    if len(models) > len(STATE_PREFIXES):
+        raise ValueError(f"at most {len(STATE_PREFIXES)} modules ({', '.join(STATE_PREFIXES)}), got {len(models)}")
     state = {}
-    for prefix, model in zip(("text", "vision"), models):
+    for prefix, model in zip(STATE_PREFIXES, models):
         for name, param in model.named_parameters():
             if param.requires_grad:
                 state[f"{prefix}.{name}"] = param.detach().cpu().contiguous()
@@ -270,7 +324,12 @@ def lora_state(*models: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def load_lora_state(state: dict[str, torch.Tensor], *models: torch.nn.Module) -> None:
-    for prefix, model in zip(("text", "vision"), models):
+    """Copy a :func:`lora_state` back into ``models``; a parameter the models lack is an error."""
+    missing = sorted({key.split(".", 1)[0] for key in state} - set(STATE_PREFIXES[:len(models)]))
+    if missing:
+        raise ValueError(f"the checkpoint holds parameters of {missing} that this run does not train: "
+                         "was it written with another method?")
+    for prefix, model in zip(STATE_PREFIXES, models):
         params = dict(model.named_parameters())
         for key, value in state.items():
             if key.startswith(prefix + "."):
@@ -286,13 +345,14 @@ def checkpoint_name(state: TrainState) -> str:
 
 
 def save_checkpoint(run_dir: Path, accelerator: Accelerator, text_base, vision_base, optimizer, state: TrainState,
-                    keep: int = 1) -> None:
+                    keep: int = 1, extra: tuple[torch.nn.Module, ...] = ()) -> None:
     """Write ``checkpoints/<name>`` atomically, point ``checkpoints/latest`` at it, keep the newest ``keep``.
 
     Every file is safetensors or JSON (nothing that runs code when loaded); each process keeps its own RNG
-    stream. A full disk stops with :class:`DiskFullError` and the previous checkpoint intact.
+    stream. A full disk stops with :class:`DiskFullError` and the previous checkpoint intact. ``extra``: the
+    objective's own modules (HySAC's curvature and scales), saved beside the adapters in ``lora.safetensors``.
     """
-    check_finite_parameters(text_base, vision_base, state)
+    check_finite_parameters(text_base, vision_base, state, extra)
     name = checkpoint_name(state)
     ckpt_root = run_dir / "checkpoints"
     intact = "the previous checkpoint is intact (resume with run.resume=true)"
@@ -301,7 +361,7 @@ def save_checkpoint(run_dir: Path, accelerator: Accelerator, text_base, vision_b
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             def fill(tmp: Path) -> None:
-                write_bytes_atomic(tmp / "lora.safetensors", safetensors_bytes(lora_state(text_base, vision_base)))
+                write_bytes_atomic(tmp / "lora.safetensors", safetensors_bytes(lora_state(text_base, vision_base, *extra)))
                 save_state(optimizer.state_dict(), tmp, "optimizer")
                 for rank in range(accelerator.num_processes):
                     for suffix in (".json", ".safetensors"):
@@ -332,7 +392,7 @@ def prune_checkpoints(ckpt_root: Path, keep: int) -> None:
 
 
 def load_checkpoint(run_dir: Path, accelerator: Accelerator, text_base, vision_base,
-                    optimizer) -> tuple[TrainState, dict] | None:
+                    optimizer, extra: tuple[torch.nn.Module, ...] = ()) -> tuple[TrainState, dict] | None:
     """Weights and optimizer state from ``checkpoints/latest``; returns its TrainState and this process's RNG state.
 
     Reads only safetensors and JSON: a pickled file in the folder is refused, never loaded.
@@ -341,7 +401,7 @@ def load_checkpoint(run_dir: Path, accelerator: Accelerator, text_base, vision_b
     if not pointer.is_file():
         return None
     ckpt = run_dir / "checkpoints" / pointer.read_text().strip()
-    load_lora_state(load_file(ckpt / "lora.safetensors"), text_base, vision_base)
+    load_lora_state(load_file(ckpt / "lora.safetensors"), text_base, vision_base, *extra)
     optimizer.load_state_dict(load_state(ckpt, "optimizer"))
     rank_file = ckpt / f"rng-{accelerator.process_index}.json"
     # resumed on a different number of processes: continue from rank 0's stream
@@ -349,21 +409,26 @@ def load_checkpoint(run_dir: Path, accelerator: Accelerator, text_base, vision_b
     return TrainState(**json.loads((ckpt / "state.json").read_text())), rng
 
 
-def check_finite_parameters(text_base, vision_base, state: TrainState) -> None:
+def check_finite_parameters(text_base, vision_base, state: TrainState, extra: tuple[torch.nn.Module, ...] = ()) -> None:
     """Refuse to save adapters that hold inf or NaN (the last good checkpoint then stays the latest)."""
-    bad = [name for name, value in lora_state(text_base, vision_base).items() if not torch.isfinite(value).all()]
+    bad = [name for name, value in lora_state(text_base, vision_base, *extra).items() if not torch.isfinite(value).all()]
     if bad:
         raise RunError(f"the adapters hold non-finite values after step {state.step} ({bad[0]} and {len(bad) - 1} "
                        "more); nothing was saved. Lower optim.lr or set optim.max_grad_norm, and resume from the last "
                        "checkpoint with run.resume=true")
 
 
-def save_best(run_dir: Path, bundle: ClipBundle, text_base, vision_base, metrics: dict, state: TrainState) -> None:
-    """The best adapters so far (toggle safety on any copy of the base model) plus their metrics."""
-    check_finite_parameters(text_base, vision_base, state)
+def save_best(run_dir: Path, bundle: ClipBundle, text_base, vision_base, metrics: dict, state: TrainState,
+              objective: SafeClipObjective | None = None) -> None:
+    """The best adapters so far (toggle safety on any copy of the base model), what the objective adds
+    (HySAC: ``hysac.json``), and their metrics."""
+    extra = tuple(objective.modules()) if objective is not None else ()
+    check_finite_parameters(text_base, vision_base, state, extra)
 
     def fill(tmp: Path) -> None:
         save_adapters(dataclasses.replace(bundle, text=text_base, vision=vision_base), tmp)
+        if objective is not None:
+            objective.write_best(tmp)
         write_json_atomic(tmp / "metrics.json", {"epoch": state.epoch, "score": state.best_score, "metrics": metrics,
                                                  "base_model": bundle.name})
 
@@ -396,11 +461,17 @@ class Run:
     val_records: list
     val_report: ReadReport | None
     cached_refs: dict[str, torch.Tensor] | None
+    objective: SafeClipObjective  # the method step: Safe-CLIP's Eq. 4-7, or HySAC's
     state: TrainState = dataclasses.field(default_factory=TrainState)
     resumed_rng: dict | None = None  # a mid-epoch checkpoint's RNG, restored once its epoch's batches are drawn
 
     def say(self, message: str) -> None:
         self.accelerator.print(message)
+
+    @property
+    def extra(self) -> tuple[torch.nn.Module, ...]:
+        """The objective's own trained modules, checkpointed beside the adapters."""
+        return tuple(self.objective.modules())
 
 
 StepCallback = Callable[[Run, dict], None]  # called after every optimizer step with the logged terms
@@ -554,9 +625,12 @@ def setup(cfg: TrainConfig, lock: RunLock | None = None) -> Run:
         accelerator.print(val_report.summary())
     loader = build_loader(cfg, bundle, train_records, train_report, accelerator.num_processes)
 
-    # Optimizer over the LoRA parameters only (paper: Adam, lr 1e-3).
-    params = trainable_parameters(text_base, vision_base)
-    optimizer = torch.optim.Adam(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    # The method step, and the optimizer over the LoRA parameters and the objective's own (HySAC's scalars).
+    objective = make_objective(bundle, cfg)
+    for module in objective.modules():
+        module.to(accelerator.device)
+    optimizer = objective.optimizer(trainable_parameters(text_base, vision_base))
+    params = trainable_parameters(text_base, vision_base, *objective.modules())
     optimizer, loader = accelerator.prepare(optimizer, loader)
     # DDP wraps only encoders that train; a frozen encoder is used as it is.
     text_model = accelerator.prepare(text_base) if trainable_parameters(text_base) else text_base
@@ -564,14 +638,16 @@ def setup(cfg: TrainConfig, lock: RunLock | None = None) -> Run:
     for encoder in (text_base, vision_base):  # a frozen encoder is not prepared, so move it here
         encoder.to(accelerator.device)
     # On the accelerator now: the references are built there, each process embedding its share.
-    cached_refs = build_references(cfg, accelerator, run_dir, bundle, text_base, vision_base, train_records, train_report)
+    cached_refs = (build_references(cfg, accelerator, run_dir, bundle, text_base, vision_base, train_records, train_report)
+                   if objective.needs_references else None)
     if cfg.run.compile:
         text_model, vision_model = torch.compile(text_model), torch.compile(vision_model)
 
     run = Run(cfg=cfg, accelerator=accelerator, run_dir=run_dir, bundle=bundle, text_base=text_base,
               vision_base=vision_base, text_model=text_model, vision_model=vision_model,
               weight_dtype=dtype_of(cfg.model.dtype), params=params, optimizer=optimizer, loader=loader,
-              train_report=train_report, val_records=val_records, val_report=val_report, cached_refs=cached_refs)
+              train_report=train_report, val_records=val_records, val_report=val_report, cached_refs=cached_refs,
+              objective=objective)
     if cfg.run.resume:
         resume(run)
     write_run_files(run, changes)
@@ -581,7 +657,7 @@ def setup(cfg: TrainConfig, lock: RunLock | None = None) -> Run:
 def resume(run: Run) -> None:
     """Load the latest checkpoint into the run; its RNG is restored now (epoch end) or once its epoch's batches
     are drawn (mid-epoch, so that the draw the loader makes at the epoch's start is not made twice)."""
-    loaded = load_checkpoint(run.run_dir, run.accelerator, run.text_base, run.vision_base, run.optimizer)
+    loaded = load_checkpoint(run.run_dir, run.accelerator, run.text_base, run.vision_base, run.optimizer, run.extra)
     if loaded is None:
         run.say("nothing to resume; starting")
         return
@@ -615,18 +691,23 @@ def check_finite_loss(run: Run, terms: dict[str, torch.Tensor]) -> None:
 
 
 def optimizer_step(run: Run, batch: dict) -> dict[str, torch.Tensor]:
-    """One micro-batch: the four terms, backward, and (on the last micro-batch) clip + Adam step."""
-    accelerator, cfg = run.accelerator, run.cfg
+    """One micro-batch: the objective's terms, backward, and (on the last micro-batch) clip + optimizer step;
+    the objective's hooks run around the step (HySAC: scalar gradients averaged, clamps after)."""
+    accelerator, cfg, objective = run.accelerator, run.cfg, run.objective
     with accelerator.accumulate(run.text_model, run.vision_model):
         with accelerator.autocast():
-            terms = safe_clip_step_losses(run.text_model, run.vision_model, run.text_base, run.vision_base, batch,
-                                          cfg, run.weight_dtype, run.cached_refs)
+            terms = objective.step_losses(run.text_model, run.vision_model, run.text_base, run.vision_base, batch,
+                                          run.weight_dtype, run.cached_refs)
         check_finite_loss(run, terms)
         accelerator.backward(backward_loss(terms, cfg))
+        if accelerator.sync_gradients:
+            objective.before_optimizer_step(accelerator)
         if accelerator.sync_gradients and cfg.optim.max_grad_norm > 0:
             accelerator.clip_grad_norm_(run.params, cfg.optim.max_grad_norm)
         run.optimizer.step()
         run.optimizer.zero_grad()
+        if accelerator.sync_gradients:
+            objective.after_optimizer_step()
     return terms
 
 
@@ -676,7 +757,7 @@ def train_one_epoch(run: Run, epoch: int, on_step: StepCallback | None = None) -
         if (cfg.run.checkpoint_every_steps and state.step % cfg.run.checkpoint_every_steps == 0
                 and state.batches_in_epoch < len(run.loader)):  # the epoch's end checkpoints anyway
             save_checkpoint(run.run_dir, accelerator, run.text_base, run.vision_base, run.optimizer, state,
-                            cfg.run.keep_checkpoints)
+                            cfg.run.keep_checkpoints, run.extra)
         if on_step is not None:
             on_step(run, logged)
         if cfg.optim.max_steps and state.step >= cfg.optim.max_steps:
@@ -688,7 +769,7 @@ def validate_epoch(run: Run) -> tuple[float, dict]:
     """The validation score (recall sum) and metrics of the current adapters; (0, {}) without a val split."""
     if not run.val_records:
         return 0.0, {}
-    return validate(run.text_base, run.vision_base, run.bundle, run.val_records, run.cfg)
+    return run.objective.validate(run.text_base, run.vision_base, run.bundle, run.val_records)
 
 
 def keep_best(run: Run, score: float, metrics: dict) -> bool:
@@ -704,7 +785,7 @@ def keep_best(run: Run, score: float, metrics: dict) -> bool:
         append_jsonl(run.run_dir / "val_log.jsonl", {"epoch": state.epoch, "step": state.step, "score": score,
                                                      "improved": improved, "metrics": metrics})
         if improved:
-            save_best(run.run_dir, run.bundle, run.text_base, run.vision_base, metrics, state)
+            save_best(run.run_dir, run.bundle, run.text_base, run.vision_base, metrics, state, run.objective)
         run.say(f"epoch {state.epoch}: val recall sum {score:.1f} (best {state.best_score:.1f} at epoch {state.best_epoch})")
     return improved
 
@@ -714,11 +795,13 @@ def end_epoch(run: Run) -> None:
     score, metrics = validate_epoch(run)
     keep_best(run, score, metrics)
     save_checkpoint(run.run_dir, run.accelerator, run.text_base, run.vision_base, run.optimizer, run.state,
-                    run.cfg.run.keep_checkpoints)
+                    run.cfg.run.keep_checkpoints, run.extra)
 
 
 def finish(run: Run) -> Path:
+    """What the objective does once training ends (HySAC: the safety bounds of the best model), then summary.json."""
     if run.accelerator.is_main_process:
+        run.objective.finish(run.run_dir, run.val_records)
         write_json_atomic(run.run_dir / "summary.json", {**dataclasses.asdict(run.state),
                                                          "best_dir": str(run.run_dir / "best")})
     run.accelerator.end_training()

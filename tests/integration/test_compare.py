@@ -41,7 +41,8 @@ def test_compare_json_has_the_documented_shape(compared):
         assert metrics["attack"]["image NSFW@1"] == metrics["V*->T+T*"]["NSFW@1"]
         numbers = [v for group in metrics.values() for v in group.values()]
         assert numbers and all(0.0 <= v <= 100.0 for v in numbers)
-    assert set(saved["protocols"]) == {"T->V / V->T / T*->V+V* / V*->T+T*", "safer_t2v", "safeground", "zero_shot", "attack"}
+    assert set(saved["protocols"]) == {"T->V / V->T / T*->V+V* / V*->T+T*", "safer_t2v", "safeground", "allowed",
+                                       "nsfw_cls", "zero_shot", "attack"}
     assert saved["protocols"]["attack"].startswith("Retrieval attack success rate")
     # The methods really changed the model: no method reproduces the base's numbers exactly.
     base = saved["methods"]["base"]
@@ -133,3 +134,19 @@ def test_seed_summary_plots_its_means(tmp_path):
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
     marker_pixels = {rgb: n for n, rgb in colours if rgb in {(31, 119, 180), (255, 127, 14)}}  # C0 and C1 markers
     assert len(marker_pixels) == 2 and min(marker_pixels.values()) > 20  # both points are drawn in the file
+
+
+def test_hysac_rows_with_and_without_traversal(tmp_path):
+    """``--methods base,hysac``: the hysac row, the hysac+traversal row from the same run, bounds, the radii picture."""
+    result = run_compare(tmp_path, seed=0, methods=("base", "hysac"), size=SMALL, progress=False)
+    assert list(result["methods"]) == ["base", "hysac", "hysac+traversal"]
+    plain, moved = result["methods"]["hysac"], result["methods"]["hysac+traversal"]
+    for metrics in (plain, moved):
+        assert {d: set(metrics[d]) for d in DIRECTIONS} == DIRECTIONS
+        assert {"allowed", "nsfw_cls", "safeground", "safer_t2v", "zero_shot"} <= set(metrics)
+    assert plain["zero_shot"] == moved["zero_shot"]  # one model
+    assert "hysac" in result["protocols"]
+    bounds = json.loads((tmp_path / "methods/hysac/run/best/hysac.json").read_text())["bounds"]
+    assert set(bounds) == {"S", "U", "V", "G"}
+    assert not (tmp_path / "methods/hysac+traversal/run").exists()  # traversal reuses the hysac run
+    assert (tmp_path / "hysac_radii.png").is_file() and "hysac_radii.png" in (tmp_path / "compare.md").read_text()

@@ -49,12 +49,12 @@ def test_entailment_terms_on_hand_built_cones():
     Moving the unsafe text to the other side of the origin breaks only the V entails T* and the T* entails V*
     terms, each by ext - aper computed here by hand."""
     t, v, ts, vs = on_axis([0.5]), on_axis([1.0]), on_axis([2.0]), on_axis([3.0])
-    terms = hysac_objective(text_safe=t, text_unsafe=ts, image_safe=v, image_unsafe=vs, curv=1.0, logit_scale=0.0,
+    terms = hysac_objective(safe_text=t, unsafe_text=ts, safe_image=v, unsafe_image=vs, curv=1.0, logit_scale=0.0,
                             weights=authors_weights())
     for name in ("entail_safe", "entail_unsafe", "entail_safe_image_unsafe_text"):
         assert terms[name].item() == pytest.approx(0.0, abs=1e-6), name
     flipped = on_axis([-2.0])
-    terms = hysac_objective(text_safe=t, text_unsafe=flipped, image_safe=v, image_unsafe=vs, curv=1.0,
+    terms = hysac_objective(safe_text=t, unsafe_text=flipped, safe_image=v, unsafe_image=vs, curv=1.0,
                             logit_scale=0.0, weights=authors_weights())
     assert terms["entail_safe"].item() == pytest.approx(0.0, abs=1e-6)
     # V (at 1) against T* behind the origin: exterior angle pi, aperture arcsin(0.2 / sinh 1)
@@ -65,7 +65,7 @@ def test_entailment_terms_on_hand_built_cones():
 
 def test_total_is_weighted_sum_and_zero_weight_skips():
     torch.manual_seed(1)
-    pts = {k: H.expmap0(torch.randn(4, 3), 1.0) for k in ("text_safe", "text_unsafe", "image_safe", "image_unsafe")}
+    pts = {k: H.expmap0(torch.randn(4, 3), 1.0) for k in ("safe_text", "unsafe_text", "safe_image", "unsafe_image")}
     weights = {"contrastive_safe": 2.0, "entail_safe": 0.5, "entail_unsafe": 0.0}
     terms = hysac_objective(**pts, curv=1.0, logit_scale=1.0, weights=weights)
     assert set(terms) == {"contrastive_safe", "entail_safe", "total"}
@@ -74,9 +74,9 @@ def test_total_is_weighted_sum_and_zero_weight_skips():
 
 def test_missing_modality_skips_its_terms_and_bad_names_fail():
     t, v = H.expmap0(torch.randn(3, 2), 1.0), H.expmap0(torch.randn(3, 2), 1.0)
-    terms = hysac_objective(text_safe=t, image_safe=v, text_unsafe=None, image_unsafe=None, curv=1.0, logit_scale=0.0,
+    terms = hysac_objective(safe_text=t, safe_image=v, unsafe_text=None, unsafe_image=None, curv=1.0, logit_scale=0.0,
                             weights=authors_weights())
     assert set(terms) == {"contrastive_safe", "entail_safe", "total"}
     with pytest.raises(ValueError, match="unknown HySAC loss term"):
-        hysac_objective(text_safe=t, image_safe=v, text_unsafe=None, image_unsafe=None, curv=1.0, logit_scale=0.0,
+        hysac_objective(safe_text=t, safe_image=v, unsafe_text=None, unsafe_image=None, curv=1.0, logit_scale=0.0,
                         weights={"contrastive": 1.0})

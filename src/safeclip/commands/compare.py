@@ -20,7 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seeds", default="", help="comma-separated seeds: one run per seed in DIR/seed-N, "
                         "then DIR/compare_seeds.json / .md with mean ± std")
     parser.add_argument("--methods", nargs="+", default=None,
-                        help="methods to run (space- or comma-separated; default: safe-clip safer-clip uwm)")
+                        help="methods to run (space- or comma-separated; default: safe-clip safer-clip uwm; also hysac, which "
+                        "adds the row hysac+traversal; 'base' is always evaluated)")
     parser.add_argument("--size", default="default", choices=["default", "tiny"],
                         help="world/base/budget size: default (~15 min on 2 cores) or tiny (a smoke test)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs of every trained method (budget)")
@@ -41,9 +42,9 @@ def run(args: argparse.Namespace) -> int:
     import copy
 
     from safeclip.compare import SIZES, Sources, run_compare, run_compare_seeds
-    from safeclip.methods.base import METHOD_NAMES
+    from safeclip.methods.base import DEFAULT_METHODS, METHOD_NAMES
 
-    methods = tuple(m for item in (args.methods or list(METHOD_NAMES)) for m in item.split(",") if m)
+    methods = tuple(m for item in (args.methods or list(DEFAULT_METHODS)) for m in item.split(",") if m)
     size = copy.deepcopy(SIZES[args.size])
     if args.epochs is not None:
         size.budget.epochs = args.epochs

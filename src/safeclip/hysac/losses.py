@@ -1,7 +1,7 @@
 """HySAC's training objective (Poppi et al., CVPR 2025, Sec. 3; authors' ``hysac/training.py``) as pure functions.
 
-Inputs are points on the hyperboloid (space parts, ``safeclip.hyperbolic``): ``text_safe`` T(t),
-``text_unsafe`` T(t*), ``image_safe`` V(v), ``image_unsafe`` V(v*), each ``(N, D)``, row i from
+Inputs are points on the hyperboloid (space parts, ``safeclip.hyperbolic``): ``safe_text`` T(t),
+``unsafe_text`` T(t*), ``safe_image`` V(v), ``unsafe_image`` V(v*), each ``(N, D)``, row i from
 quadruplet i. Seven terms:
 
 - four hyperbolic contrastive terms (HySAC's L_hSC): (T, V), (T*, V*) and the cross pairs (T, V*),
@@ -14,7 +14,7 @@ Authors' combination: lambda = (1, 1, 1, 1, le, le, le) normalised to sum 1, tot
 (:func:`authors_weights`); any weights can be given instead.
 
     from safeclip.hysac.losses import hysac_objective, authors_weights
-    terms = hysac_objective(text_safe=T, text_unsafe=Ts, image_safe=V, image_unsafe=Vs, curv=c,
+    terms = hysac_objective(safe_text=T, unsafe_text=Ts, safe_image=V, unsafe_image=Vs, curv=c,
                             logit_scale=s, weights=authors_weights())   # {"contrastive_safe": .., "total": ..}
 """
 
@@ -29,15 +29,15 @@ Tensor = torch.Tensor
 
 # name -> (first, second) inputs; contrastive pairs are (text, image); entailment pairs (general, specific).
 CONTRASTIVE_TERMS = {
-    "contrastive_safe": ("text_safe", "image_safe"),
-    "contrastive_unsafe": ("text_unsafe", "image_unsafe"),
-    "contrastive_safe_text_unsafe_image": ("text_safe", "image_unsafe"),
-    "contrastive_unsafe_text_safe_image": ("text_unsafe", "image_safe"),
+    "contrastive_safe": ("safe_text", "safe_image"),
+    "contrastive_unsafe": ("unsafe_text", "unsafe_image"),
+    "contrastive_safe_text_unsafe_image": ("safe_text", "unsafe_image"),
+    "contrastive_unsafe_text_safe_image": ("unsafe_text", "safe_image"),
 }
 ENTAILMENT_TERMS = {
-    "entail_safe": ("text_safe", "image_safe"),
-    "entail_unsafe": ("text_unsafe", "image_unsafe"),
-    "entail_safe_image_unsafe_text": ("image_safe", "text_unsafe"),
+    "entail_safe": ("safe_text", "safe_image"),
+    "entail_unsafe": ("unsafe_text", "unsafe_image"),
+    "entail_safe_image_unsafe_text": ("safe_image", "unsafe_text"),
 }
 LOSS_TERMS = (*CONTRASTIVE_TERMS, *ENTAILMENT_TERMS)
 
@@ -62,10 +62,10 @@ def hyperbolic_contrastive_loss(text: Tensor, image: Tensor, curv: float | Tenso
 
 def hysac_objective(
     *,
-    text_safe: Tensor | None,
-    text_unsafe: Tensor | None,
-    image_safe: Tensor | None,
-    image_unsafe: Tensor | None,
+    safe_text: Tensor | None,
+    unsafe_text: Tensor | None,
+    safe_image: Tensor | None,
+    unsafe_image: Tensor | None,
     curv: float | Tensor,
     logit_scale: float | Tensor,
     weights: dict[str, float],
@@ -79,7 +79,7 @@ def hysac_objective(
     unknown = set(weights) - set(LOSS_TERMS)
     if unknown:
         raise ValueError(f"unknown HySAC loss term(s) {sorted(unknown)}; known: {', '.join(LOSS_TERMS)}")
-    inputs = {"text_safe": text_safe, "text_unsafe": text_unsafe, "image_safe": image_safe, "image_unsafe": image_unsafe}
+    inputs = {"safe_text": safe_text, "unsafe_text": unsafe_text, "safe_image": safe_image, "unsafe_image": unsafe_image}
     terms: dict[str, Tensor] = {}
     for name in LOSS_TERMS:
         first, second = CONTRASTIVE_TERMS.get(name) or ENTAILMENT_TERMS[name]

@@ -13,6 +13,8 @@ returns the safe :class:`~safeclip.models.clip.ClipBundle`. Methods:
 - ``safe-clip``: the paper's fine-tuning (``safeclip.train``), :mod:`safeclip.methods.safe_clip`
 - ``safer-clip``: SafeR-CLIP's proximity targets + relative redirection + curriculum, :mod:`safeclip.methods.safer_clip`
 - ``uwm``: training-free Unsafe Weights Manipulation (a reversible weight edit), :mod:`safeclip.methods.uwm`
+- ``hysac`` / ``hysac+traversal``: HySAC (hyperbolic, safety-aware; a :class:`~safeclip.hysac.model.HysacBundle`),
+  without and with safety traversal at evaluation, :mod:`safeclip.methods.hysac`
 """
 
 from __future__ import annotations
@@ -31,8 +33,11 @@ METHODS: dict[str, str] = {
     "safe-clip": "safeclip.methods.safe_clip:run_safe_clip",
     "safer-clip": "safeclip.methods.safer_clip:run_safer_clip",
     "uwm": "safeclip.methods.uwm:run_uwm",
+    "hysac": "safeclip.methods.hysac:run_hysac",
+    "hysac+traversal": "safeclip.methods.hysac:run_hysac_traversal",
 }
 METHOD_NAMES = tuple(METHODS)
+DEFAULT_METHODS = ("safe-clip", "safer-clip", "uwm")  # what `safeclip compare` runs without --methods
 
 
 @dataclass
