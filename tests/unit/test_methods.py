@@ -19,9 +19,9 @@ from tests.fixtures import write_quadruplets
 
 
 def test_unknown_method_lists_the_known_ones():
-    with pytest.raises(ValueError, match="safe-clip, safer-clip, uwm"):
-        get_method("hysac")
-    assert callable(get_method("uwm"))
+    with pytest.raises(ValueError, match="safe-clip, safer-clip, uwm, hysac, hysac\+traversal"):
+        get_method("meru")
+    assert callable(get_method("uwm")) and callable(get_method("hysac"))
 
 
 def test_proximity_targets_on_hand_made_embeddings():
