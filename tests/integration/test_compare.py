@@ -90,8 +90,8 @@ def test_attack_loads_every_compared_model_without_training_it(compared, capsys)
 
 
 def test_cli_rejects_an_unknown_method(tmp_path, capsys):
-    assert main(["compare", "--out", str(tmp_path), "--methods", "hysac"]) == 2
-    assert "known methods: safe-clip, safer-clip, uwm" in capsys.readouterr().err
+    assert main(["compare", "--out", str(tmp_path), "--methods", "meru"]) == 2
+    assert "known methods: safe-clip, safer-clip, uwm, hysac, hysac+traversal" in capsys.readouterr().err
 
 
 def test_seed_summary_mean_and_spread_by_hand():
