@@ -76,23 +76,31 @@ class HysacObjective(SafeClipObjective):
     def step_losses(self, text_model, vision_model, text_base, vision_base, batch: dict, dtype: torch.dtype,
                     cached_refs: dict | None) -> dict[str, torch.Tensor]:
         features = {**encode_batch_texts(text_model, batch), **encode_batch_images(vision_model, batch, dtype)}
-        self.head.to(next(iter(features.values())).device)  # in place: the optimizer keeps the same parameters
         if self.cfg.loss.gather_across_processes and world_size() > 1:
             features = {name: gather_with_grad(features[name]) for name in sorted(features)}
-        points = {name: self.head.lift(value.float(), "text" if name.endswith("_text") else "image")
-                  for name, value in features.items()}
-        return hysac_objective(
-            safe_text=points.get("safe_text"), unsafe_text=points.get("unsafe_text"),
-            safe_image=points.get("safe_image"), unsafe_image=points.get("unsafe_image"),
-            curv=self.head.curvature(), logit_scale=self.head.logit_scale, weights=self.weights,
-            aperture_scale=self.settings.aperture_scale)
+        device = next(iter(features.values())).device
+        # the geometry in float32 whatever the encoders' precision (arcosh / sinh near their clamps)
+        with torch.autocast(device_type=device.type, enabled=False):
+            points = {name: self.head.lift(value.float(), "text" if name.endswith("_text") else "image")
+                      for name, value in features.items()}
+            return hysac_objective(
+                safe_text=points.get("safe_text"), unsafe_text=points.get("unsafe_text"),
+                safe_image=points.get("safe_image"), unsafe_image=points.get("unsafe_image"),
+                curv=self.head.curvature(), logit_scale=self.head.logit_scale, weights=self.weights,
+                aperture_scale=self.settings.aperture_scale)
 
     def before_optimizer_step(self, accelerator) -> None:
-        """The scalars are not in a DDP module: average their gradients over processes by hand."""
-        if accelerator.num_processes > 1:
+        """The scalars are not in a DDP module: average their gradients over processes by hand.
+
+        With ``loss.gather_across_processes`` every process differentiates the same global loss, scaled by
+        the process count (``safeclip.train.backward_loss``), and the lift runs on the gathered features, so
+        each holds P times the scalars' full gradient: the mean is divided by P."""
+        processes = accelerator.num_processes
+        if processes > 1:
+            scale = 1.0 / processes if self.cfg.loss.gather_across_processes else 1.0
             for param in self.head.parameters():
                 if param.grad is not None:
-                    param.grad = accelerator.reduce(param.grad, reduction="mean")
+                    param.grad = accelerator.reduce(param.grad, reduction="mean") * scale
 
     def after_optimizer_step(self) -> None:
         self.head.clamp_()
