@@ -41,14 +41,17 @@ def flat_settings(config: dict, prefix: str = "") -> dict:
     return flat
 
 
-def resume_changes(saved: dict, new: dict) -> dict[str, list]:
+def resume_changes(saved: dict, new: dict, defaults: dict | None = None) -> dict[str, list]:
     """Settings that differ between the run's saved config and the new one: ``{key: [old, new]}``.
 
-    Raises ConfigError naming every changed setting that a resumed run cannot honour.
+    Raises ConfigError naming every changed setting that a resumed run cannot honour. ``defaults``: a
+    setting the saved config lacks (added to the software after the run started) counts as unchanged
+    when the new value is its default.
     """
-    old_flat, new_flat = flat_settings(saved), flat_settings(new)
+    old_flat, new_flat, default_flat = flat_settings(saved), flat_settings(new), flat_settings(defaults or {})
     changes = {key: [old_flat.get(key), new_flat.get(key)] for key in sorted(set(old_flat) | set(new_flat))
-               if old_flat.get(key) != new_flat.get(key)}
+               if old_flat.get(key) != new_flat.get(key)
+               and not (key not in old_flat and key in default_flat and new_flat.get(key) == default_flat[key])}
     fixed = {key: values for key, values in changes.items() if key not in MUTABLE_ON_RESUME}
     if fixed:
         listed = "; ".join(f"{key}: the run has {old!r}, now {new!r}" for key, (old, new) in fixed.items())

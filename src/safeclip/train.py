@@ -502,7 +502,7 @@ def check_run_folder(run_dir: Path, cfg: TrainConfig) -> dict:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{run_dir / 'config.yaml'} is not valid YAML ({err}); cannot check the resumed settings") from err
-    return resume_changes(saved, config_to_dict(cfg))
+    return resume_changes(saved, config_to_dict(cfg), defaults=config_to_dict(TrainConfig()))
 
 
 def prepare_run_folder(run_dir: Path, accelerator: Accelerator) -> list[str]:

@@ -72,7 +72,7 @@ def test_hysac_resume_mid_epoch_restores_curvature_and_scales(tmp_path, tiny_cli
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_a_safe_clip_checkpoint_is_not_resumed_as_hysac(tmp_path, tiny_clip_dir, data):
+def test_a_hysac_checkpoint_is_refused_by_a_run_without_its_scalars(tmp_path, tiny_clip_dir, data):
     """The objective's parameters are part of the checkpoint: a HySAC checkpoint loaded into a run without the
     objective's module is refused with the reason."""
     run = train(hysac_config(tmp_path / "run", tiny_clip_dir, data, epochs=1))

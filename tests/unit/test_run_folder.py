@@ -58,3 +58,13 @@ def test_resume_allows_and_reports_settings_that_may_change():
     changes = resume_changes(saved(), saved("optim.epochs=80", "optim.patience=9", "run.log_every=3"))
     assert changes == {"optim.epochs": [50, 80], "optim.patience": [5, 9], "run.log_every": [10, 3]}
     assert {"optim.epochs", "optim.patience", "run.log_every"} <= MUTABLE_ON_RESUME
+
+
+def test_resume_of_a_run_saved_before_a_setting_existed():
+    """A run started before ``method`` and ``hysac.*`` existed resumes with their defaults, not with another value."""
+    old = saved()
+    del old["method"], old["hysac"]
+    defaults = config_to_dict(load_config(None, []))
+    assert resume_changes(old, saved(), defaults) == {}
+    with pytest.raises(ConfigError, match="method: the run has None, now 'hysac'"):
+        resume_changes(old, saved("method=hysac"), defaults)
