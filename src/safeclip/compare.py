@@ -330,7 +330,7 @@ def compared_models(out: str | os.PathLike, size: CompareSize | None = None) -> 
         if not (out / "eval" / f"{label}.json").is_file():
             raise ValueError(f"{out / 'methods' / label} is not finished (no eval/{label}.json); rerun safeclip compare")
         inputs = method_inputs(label, out / "methods" / label, sources, saved["seed"], size, False,
-                               size.method_overrides.get(label, []))
+                               method_overrides(size, label))
         yield label, get_method(label)(inputs)
 
 

@@ -145,6 +145,7 @@ def test_hysac_rows_with_and_without_traversal(tmp_path):
         assert {d: set(metrics[d]) for d in DIRECTIONS} == DIRECTIONS
         assert {"allowed", "nsfw_cls", "safeground", "safer_t2v", "zero_shot"} <= set(metrics)
     assert plain["zero_shot"] == moved["zero_shot"]  # one model
+    assert "attack" in result["methods"]["base"] and "attack" not in plain  # the attacks rank by cosine only
     assert "hysac" in result["protocols"]
     bounds = json.loads((tmp_path / "methods/hysac/run/best/hysac.json").read_text())["bounds"]
     assert set(bounds) == {"S", "U", "V", "G"}
