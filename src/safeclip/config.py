@@ -44,7 +44,7 @@ class ModelConfig:
 @dataclass
 class LoraSettings:
     r: int = _f(16, "LoRA rank on both encoders (paper: 16).")
-    alpha: float = _f(16.0, "LoRA alpha; the update is scaled by alpha / r (authors' script: 1).")
+    alpha: float = _f(1.0, "LoRA alpha; the update is scaled by alpha / r (authors' script and shipped configs: 1; the offline demo's recipe sets 16).")
     dropout: float = _f(0.1, "Dropout on the LoRA branch (authors: 0.1).")
     target_modules: list = _f(
         ["k_proj", "v_proj", "out_proj", "fc1", "fc2", "patch_embedding"],
@@ -104,7 +104,11 @@ class OptimConfig:
     epochs: int = _f(50, "Maximum epochs (authors: 50).")
     grad_accum: int = _f(1, "Micro-batches per optimizer step (batch_size is split into this many).")
     max_grad_norm: float = _f(0.0, "Clip gradients to this norm (0: no clipping).")
-    patience: int = _f(5, "Stop after this many epochs without a better validation recall sum (authors: 5; 0: never).")
+    patience: int = _f(5, "Stop after this many epochs without a better validation score (see selection; authors: 5; 0: never).")
+    selection: str = _f("recall_sum", "Model selection and early stopping: 'recall_sum' (best/ = highest sum of every R@k of the "
+                        "validation protocol; patience counts epochs without a better one) or 'loss_or_recall' (the "
+                        "authors': patience resets when the validation loss or the recall sum improves; best/ by recall, "
+                        "best_loss/ by validation loss).")
     max_steps: int = _f(0, "Stop after this many optimizer steps in total (0: no limit).")
 
 
@@ -160,6 +164,11 @@ class TrainConfig:
             (self.optim.lr > 0, "optim.lr must be > 0 (paper: 1e-3)"),
             (self.optim.epochs >= 1, "optim.epochs must be >= 1"),
             (self.data.text_padding in {"longest", "max_length"}, "data.text_padding must be 'longest' or 'max_length'"),
+            (self.optim.selection in {"recall_sum", "loss_or_recall"},
+             "optim.selection must be 'recall_sum' or 'loss_or_recall' (the authors')"),
+            (self.method == "safe-clip" or self.optim.selection == "recall_sum",
+             "optim.selection=loss_or_recall is Safe-CLIP's early stopping (its validation loss is Eq. 4-7); "
+             "method hysac selects by its own validation score: leave optim.selection at recall_sum"),
             (self.data.format in {"auto", "visu", "visu-text", "table"}, "data.format must be auto, visu, visu-text or table"),
             (self.run.mixed_precision in {"no", "bf16", "fp16"}, "run.mixed_precision must be no, bf16 or fp16"),
             (self.model.dtype in {"float32", "bfloat16", "float16"}, "model.dtype must be float32, bfloat16 or float16"),

@@ -20,6 +20,7 @@ Run folder::
     checkpoints/latest -> epoch-NNNN/ or step-NNNNNNNN/ (lora.safetensors, optimizer.{safetensors,json},
                           rng-<rank>.{safetensors,json}, state.json); the newest run.keep_checkpoints are kept
     best/ (text_adapter/, vision_adapter/, metrics.json)
+    best_loss/ (the same, lowest validation loss; optim.selection=loss_or_recall)
 
 What a run folder guarantees (README, "Reliability promises"): loading it never unpickles; one writer
 at a time; a resume refuses settings it cannot honour and continues bit-exactly, also mid-epoch; the
@@ -90,6 +91,8 @@ class TrainState:
     step: int = 0  # optimizer steps completed
     best_score: float = -math.inf
     best_epoch: int = -1
+    best_loss: float = math.inf  # validation loss (optim.selection=loss_or_recall)
+    best_loss_epoch: int = -1
     bad_epochs: int = 0
     stopped_early: bool = False
     batches_in_epoch: int = 0  # micro-batches of epoch ``epoch`` already trained (a mid-epoch checkpoint)
@@ -228,6 +231,11 @@ def safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batc
         # sorted: every process must issue its collectives in the same order
         current = {name: gather_with_grad(current[name]) for name in sorted(current)}
         refs = {name: gather_with_grad(refs[name]) for name in sorted(refs)}
+    return configured_objective(current, refs, cfg)
+
+
+def configured_objective(current: dict[str, torch.Tensor], refs: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Eq. 4-7 with the config's weights on the trained encoders' and the references' embeddings."""
     return safe_clip_objective(
         safe_text=current.get("safe_text"), unsafe_text=current.get("unsafe_text"),
         safe_image=current.get("safe_image"), unsafe_image=current.get("unsafe_image"),
@@ -303,6 +311,50 @@ def validate(text_base, vision_base, bundle: ClipBundle, records, cfg: TrainConf
                        skip_missing=True, num_workers=cfg.data.num_workers, shard=True).models["model"]
     score = sum(v for direction in metrics.values() for k, v in direction.items() if k.startswith("R@"))
     return float(score), metrics
+
+
+@torch.no_grad()
+def validation_loss(text_base, vision_base, bundle: ClipBundle, records, modalities, cfg: TrainConfig,
+                    dtype: torch.dtype) -> float:
+    """Mean total objective over the validation split in batches of ``data.batch_size`` (the authors' val loss).
+
+    Every process computes it over the whole split (same weights, same number), so all agree on early stopping.
+    """
+    dataset = QuadrupletDataset(records, bundle.image_processor, modalities)
+    loader = DataLoader(dataset, batch_size=min(cfg.data.batch_size, len(dataset)), shuffle=False, drop_last=True,
+                        collate_fn=QuadrupletCollator(bundle.tokenizer, padding=cfg.data.text_padding))
+    device = next(text_base.parameters()).device
+    was_training = (text_base.training, vision_base.training)
+    text_base.eval()
+    vision_base.eval()
+    totals = []
+    for batch in loader:
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        current = {**encode_batch_texts(text_base, batch), **encode_batch_images(vision_base, batch, dtype)}
+        totals.append(configured_objective(current, reference_embeddings(text_base, vision_base, batch, dtype), cfg)["total"])
+    text_base.train(was_training[0])
+    vision_base.train(was_training[1])
+    return float(torch.stack(totals).mean())
+
+
+def select_epoch(state: TrainState, score: float, val_loss: float | None, cfg: TrainConfig) -> tuple[bool, bool]:
+    """Record the epoch's validation results; returns (recall sum improved, validation loss improved).
+
+    ``optim.selection=recall_sum``: patience counts epochs without a higher recall sum. ``loss_or_recall``
+    (the authors'): it resets when either the validation loss falls or the recall sum rises.
+    """
+    better_recall = score > state.best_score
+    better_loss = val_loss is not None and val_loss < state.best_loss
+    if better_recall:
+        state.best_score, state.best_epoch = score, state.epoch
+    if better_loss:
+        state.best_loss, state.best_loss_epoch = val_loss, state.epoch
+    if better_recall or (cfg.optim.selection == "loss_or_recall" and better_loss):
+        state.bad_epochs = 0
+    else:
+        state.bad_epochs += 1
+        state.stopped_early = bool(cfg.optim.patience) and state.bad_epochs >= cfg.optim.patience
+    return better_recall, better_loss
 
 
 # ----------------------------------------------------------------------------- checkpoints
@@ -419,9 +471,12 @@ def check_finite_parameters(text_base, vision_base, state: TrainState, extra: tu
 
 
 def save_best(run_dir: Path, bundle: ClipBundle, text_base, vision_base, metrics: dict, state: TrainState,
-              objective: SafeClipObjective | None = None) -> None:
+              objective: SafeClipObjective | None = None, folder: str = "best") -> None:
     """The best adapters so far (toggle safety on any copy of the base model), what the objective adds
-    (HySAC: ``hysac.json``), and their metrics."""
+    (HySAC: ``hysac.json``), and their metrics.
+
+    ``folder``: ``best`` (highest validation score) or ``best_loss`` (lowest validation loss, optim.selection=loss_or_recall).
+    """
     extra = tuple(objective.modules()) if objective is not None else ()
     check_finite_parameters(text_base, vision_base, state, extra)
 
@@ -430,10 +485,11 @@ def save_best(run_dir: Path, bundle: ClipBundle, text_base, vision_base, metrics
         if objective is not None:
             objective.write_best(tmp)
         write_json_atomic(tmp / "metrics.json", {"epoch": state.epoch, "score": state.best_score, "metrics": metrics,
+                                                 "val_loss": state.best_loss if folder == "best_loss" else None,
                                                  "base_model": bundle.name})
 
-    with reporting_full_disk("the best adapters", run_dir / "best", intact="the previous best/ is intact"):
-        write_folder_atomic(run_dir / "best", fill)
+    with reporting_full_disk("the best adapters", run_dir / folder, intact=f"the previous {folder}/ is intact"):
+        write_folder_atomic(run_dir / folder, fill)
 
 
 # ----------------------------------------------------------------------------- the recipe
@@ -772,28 +828,43 @@ def validate_epoch(run: Run) -> tuple[float, dict]:
     return run.objective.validate(run.text_base, run.vision_base, run.bundle, run.val_records)
 
 
-def keep_best(run: Run, score: float, metrics: dict) -> bool:
-    """Update the early-stopping state; save ``best/`` when the score improved (always without a val split)."""
-    state, cfg = run.state, run.cfg
-    improved = score > state.best_score or not run.val_records
-    if improved:
-        state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
+def epoch_validation_loss(run: Run) -> float | None:
+    """The validation loss of the current adapters under ``optim.selection=loss_or_recall``; else None."""
+    if not run.val_records or run.cfg.optim.selection != "loss_or_recall":
+        return None
+    return validation_loss(run.text_base, run.vision_base, run.bundle, run.val_records, run.val_report.modalities,
+                           run.cfg, run.weight_dtype)
+
+
+def keep_best(run: Run, score: float, metrics: dict, val_loss: float | None = None) -> bool:
+    """Update the early-stopping state; save ``best/`` when the score improved (always without a val split),
+    and ``best_loss/`` when ``val_loss`` (optim.selection=loss_or_recall) fell."""
+    state = run.state
+    if run.val_records:
+        improved, loss_improved = select_epoch(state, score, val_loss, run.cfg)
     else:
-        state.bad_epochs += 1
-        state.stopped_early = bool(cfg.optim.patience) and state.bad_epochs >= cfg.optim.patience
+        improved, loss_improved = True, False
+        state.best_score, state.best_epoch, state.bad_epochs = score, state.epoch, 0
     if run.accelerator.is_main_process:
+        losses = {"val_loss": val_loss, "loss_improved": loss_improved} if val_loss is not None else {}
         append_jsonl(run.run_dir / "val_log.jsonl", {"epoch": state.epoch, "step": state.step, "score": score,
-                                                     "improved": improved, "metrics": metrics})
+                                                     "improved": improved, "metrics": metrics, **losses})
         if improved:
             save_best(run.run_dir, run.bundle, run.text_base, run.vision_base, metrics, state, run.objective)
-        run.say(f"epoch {state.epoch}: val recall sum {score:.1f} (best {state.best_score:.1f} at epoch {state.best_epoch})")
+        if loss_improved:
+            save_best(run.run_dir, run.bundle, run.text_base, run.vision_base, metrics, state, run.objective,
+                      folder="best_loss")
+        run.say(f"epoch {state.epoch}: val recall sum {score:.1f} (best {state.best_score:.1f} at epoch {state.best_epoch})"
+                + (f", val loss {val_loss:.4f} (best {state.best_loss:.4f} at epoch {state.best_loss_epoch})"
+                   if val_loss is not None else ""))
     return improved
 
 
 def end_epoch(run: Run) -> None:
-    """Validate, keep the best adapters, and checkpoint."""
+    """Validate (recall sum; and the validation loss under optim.selection=loss_or_recall), keep the best
+    adapters, and checkpoint."""
     score, metrics = validate_epoch(run)
-    keep_best(run, score, metrics)
+    keep_best(run, score, metrics, epoch_validation_loss(run))
     save_checkpoint(run.run_dir, run.accelerator, run.text_base, run.vision_base, run.optimizer, run.state,
                     run.cfg.run.keep_checkpoints, run.extra)
 

@@ -170,3 +170,13 @@ def test_recipe_steps_run_alone(tmp_path, tiny_clip_dir, data):
     assert keep_best(run, 0.0, {}) and (run.run_dir / "best" / "metrics.json").is_file()
     assert not (run.run_dir / "checkpoints").exists()  # checkpointing is its own step
     assert finish(run) == run.run_dir and json.loads((run.run_dir / "summary.json").read_text())["step"] == 2
+
+
+def test_authors_selection_keeps_best_recall_and_best_loss_adapters(tmp_path, tiny_clip_dir, data):
+    """optim.selection=loss_or_recall (the authors' early stopping): val loss logged, best_loss/ kept beside best/."""
+    run_dir = train(tiny_config(tmp_path, tiny_clip_dir, data, **{"optim.selection": "loss_or_recall"}))
+    val = [json.loads(line) for line in (run_dir / "val_log.jsonl").read_text().splitlines()]
+    assert all(isinstance(row["val_loss"], float) for row in val) and val[0]["loss_improved"]
+    best_loss = json.loads((run_dir / "best_loss" / "metrics.json").read_text())
+    assert best_loss["val_loss"] == min(row["val_loss"] for row in val)
+    assert (run_dir / "best_loss" / "text_adapter" / "adapter_model.safetensors").is_file()
