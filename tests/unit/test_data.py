@@ -170,7 +170,7 @@ def write_visu_split(folder, rows: dict) -> "Path":
 
 
 @pytest.mark.parametrize("config", ["vit-l-14_safe-clip.yaml", "vit-l-14-336_safe-clip.yaml", "vit-h-14_safe-clip.yaml",
-                                    "vit-l-14_safe-clip-authors.yaml"])
+                                    "vit-l-14_safe-clip-authors.yaml", "vit-l-14_hysac.yaml"])
 def test_shipped_configs_skip_visus_empty_nsfw_row_and_name_it(tmp_path, config):
     """Issue 16.8: ViSU as downloaded holds id 109551 with an empty nsfw text; the shipped configs read past it."""
     from pathlib import Path
