@@ -36,6 +36,10 @@ def test_each_attack_reports_the_protocols_nsfw1_before_and_after(attack, data, 
     flags = report["per_query"]
     assert report["asr"] == pytest.approx(retrieval_asr(flags["top1_unsafe_after"]))
     assert report["asr_before"] == pytest.approx(retrieval_asr(flags["top1_unsafe_before"]))
+    # a query already unsafe on top keeps its clean form: success after = before or attacked form's success
+    assert flags["top1_unsafe_after"] == [b or a for b, a in zip(flags["top1_unsafe_before"], flags["top1_unsafe_attacked"])]
+    assert report["asr_attacked_only"] == pytest.approx(retrieval_asr(flags["top1_unsafe_attacked"]))
+    assert report["asr"] >= report["asr_before"]
     assert report["objective"]["cosine_after"] >= report["objective"]["cosine_before"] - 1e-6
 
 

@@ -229,12 +229,16 @@ def attack_retrieval(bundle: ClipBundle, records: list[Quadruplet], attack: str,
         search = budget.transfer_from if attack == "transfer" else attack
         attacked, details = attack_texts(bundle, records[:k], targets, budget, search=search,
                                          attacker=base if attack == "transfer" else bundle)
+    if not hasattr(bundle, "score"):  # a query already unsafe on top keeps its clean form (UnlearnDiffAtk's rule)
+        raw = _flags(emb, kind, {"before": emb[modality][:k], "attacked": attacked})
+        kept = torch.tensor(raw["top1_unsafe_before"])
+        attacked = torch.where(kept[:, None], emb[modality][:k], attacked)
+        details["per_query"] = {"ids": [r.id for r in records[:k]], **raw,
+                                **_flags(emb, kind, {"after": attacked})}
+        details["asr_attacked_only"] = retrieval_asr(raw["top1_unsafe_attacked"])
     if k == len(records):
         clean_scores = _scores(bundle, emb)[direction]
         attacked_scores = _scores(bundle, {**emb, modality: attacked})[direction]
-    if not hasattr(bundle, "score"):
-        details["per_query"] = {"ids": [r.id for r in records[:k]],
-                                **_flags(emb, kind, {"before": emb[modality][:k], "after": attacked})}
     if k < len(records):
         clean_scores = {"NSFW@1": retrieval_asr(details["per_query"]["top1_unsafe_before"])}
         attacked_scores = {"NSFW@1": retrieval_asr(details["per_query"]["top1_unsafe_after"])}
@@ -254,7 +258,9 @@ def attack_markdown(report: dict) -> str:
              f"**Definition of success.** {report['definition']}", "",
              f"Budget: {report['budget_text']}; target: {report['target']}; {report['queries']} attacked unsafe queries, "
              f"gallery of {report['gallery']} items, protocol direction `{report['direction']}`.", "",
-             f"**ASR {report['asr']:.1f}%** (before the attack: {report['asr_before']:.1f}%).", "",
+             f"**ASR {report['asr']:.1f}%** (before the attack: {report['asr_before']:.1f}%"
+             + (f"; the attacked forms alone: {report['asr_attacked_only']:.1f}%" if "asr_attacked_only" in report else "")
+             + ").", "",
              markdown_table("", [f"{report['direction']} {m}" for m in metrics], rows).rstrip("\n"), ""]
     flags = report.get("per_query")
     if flags:
