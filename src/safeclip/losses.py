@@ -201,7 +201,7 @@ def safe_clip_objective(
     if not present:
         raise ValueError("safe_clip_objective: every input is None")
     terms: dict[str, Tensor] = {}
-    weighted: list[Tensor] = []
+    half_weights: dict[str, list[float]] = {}  # paper term -> the weights of its computed halves
     with torch.autocast(device_type=present[0].device.type, enabled=False):
         for half, (term, _, current_name, reference_name) in LOSS_HALVES.items():
             weight = half_weight(weights, half)
@@ -211,9 +211,18 @@ def safe_clip_objective(
             terms[half] = compute_half(half, current, reference, temperature=temperature,
                                        info_nce_scale=info_nce_scale, cosine_form=cosine_form)
             terms[term] = terms[half] if term not in terms else terms[term] + terms[half]
-            weighted.append(weight * terms[half])
-    if not weighted:
+            half_weights.setdefault(term, []).append(weight)
+    if not half_weights:
         raise ValueError("no Safe-CLIP loss term can be computed from the given inputs and weights: "
                          f"inputs given: {[name for name, value in inputs.items() if value is not None]}")
-    terms["total"] = torch.stack(weighted).sum()
+    terms["total"] = torch.stack([weighted_term(terms, term, used) for term, used in half_weights.items()]).sum()
     return terms
+
+
+def weighted_term(terms: dict[str, Tensor], term: str, used: list[float]) -> Tensor:
+    """weight x term when its halves share one weight (the default grouping, summed in the same order as the
+    four-term objective, so its numbers are bit-identical); else the sum of weight x half."""
+    if len(set(used)) == 1:
+        return used[0] * terms[term]
+    halves = [half for half in LOSS_HALVES if LOSS_HALVES[half][0] == term and half in terms]
+    return torch.stack([weight * terms[half] for weight, half in zip(used, halves)]).sum()

@@ -239,3 +239,26 @@ def test_objective_runs_in_float32_under_bf16_autocast():
     for name, value in exact.items():
         assert mixed[name].dtype == torch.float32
         assert mixed[name].item() == pytest.approx(value.item(), rel=1e-6, abs=1e-6), name
+
+
+def test_default_grouping_is_the_four_term_objective_bit_for_bit():
+    """Both halves of a term sharing its weight give weight x (Eq. term), summed over the four terms, exactly as
+    the four-term objective did: trained adapters (and the demo's numbers) do not move by a rounding."""
+    weights = {"redirection_contrastive": 0.375, "redirection_cosine": 0.6, "preservation_cosine": 0.5,
+               "preservation_contrastive": 3.0}
+    for seed in range(12):
+        emb = {name: value.requires_grad_() for name, value in quadruplet_embeddings(n=64, d=32, seed=seed).items()}
+        four_terms = torch.stack([
+            weights["redirection_contrastive"] * redirection_contrastive_loss(
+                emb["unsafe_text"], emb["safe_image_ref"], emb["unsafe_image"], emb["safe_text_ref"], temperature=0.05),
+            weights["redirection_cosine"] * redirection_cosine_loss(
+                emb["unsafe_text"], emb["safe_text_ref"], emb["unsafe_image"], emb["safe_image_ref"]),
+            weights["preservation_cosine"] * preservation_cosine_loss(
+                emb["safe_text"], emb["safe_text_ref"], emb["safe_image"], emb["safe_image_ref"]),
+            weights["preservation_contrastive"] * preservation_contrastive_loss(
+                emb["safe_text"], emb["safe_image_ref"], emb["safe_image"], emb["safe_text_ref"], temperature=0.05),
+        ]).sum()
+        total = safe_clip_objective(**emb, weights=weights, temperature=0.05)["total"]
+        assert total.item() == four_terms.item(), seed
+        for a, b in zip(torch.autograd.grad(total, list(emb.values())), torch.autograd.grad(four_terms, list(emb.values()))):
+            assert torch.equal(a, b), seed
