@@ -26,10 +26,11 @@ import torch
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
+from safeclip.errors import UserError
 from safeclip.jobs import cut_torn_line, read_records
 
 
-class RunError(Exception):
+class RunError(UserError):
     """A run that cannot go on as asked (folder in use, disk full, training diverged); the message says why."""
 
 

@@ -31,10 +31,6 @@ COMMAND_GROUPS: list[str] = [
 ]
 
 
-class UserError(Exception):
-    """An error caused by input the user can fix; printed without a traceback."""
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="safeclip",
@@ -54,14 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from safeclip.checkpoint import RunError
-    from safeclip.config import ConfigError
-    from safeclip.data.errors import DataError
-    from safeclip.models.clip import ClipLoadError
+    from safeclip.errors import UserError
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, ConfigError, RunError, DataError, ClipLoadError, FileNotFoundError, FileExistsError, ValueError) as err:
+    except UserError as err:  # input the user can fix; anything else is a bug and keeps its traceback
         if os.environ.get("SAFECLIP_DEBUG"):
             raise
         print(f"safeclip {args.command}: error: {err}", file=sys.stderr)

@@ -37,6 +37,7 @@ from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.config import TrainConfig
 from safeclip.data import read_quadruplets
 from safeclip.distributed import resolve_device
+from safeclip.errors import ConfigError
 from safeclip.eval.evaluation import EvalResults, embed_records, evaluate
 from safeclip.eval.report import metric_table, summarize_seeds
 from safeclip.hysac.classifier import PROTOCOL as NSFW_CLS_CAPTION
@@ -338,7 +339,7 @@ def run_compare_seeds(out: str | os.PathLike, seeds: list[int], **kwargs) -> dic
     """``run_compare`` once per seed into ``out/seed-N``; writes ``out/compare_seeds.json`` and ``.md``."""
     out = Path(out)
     if not seeds:
-        raise ValueError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
+        raise ConfigError("--seeds needs at least one seed, e.g. --seeds 0,1,2")
     per_seed = {s: run_compare(out / f"seed-{s}", seed=s, **kwargs) for s in seeds}
     summary = summarize_seeds({s: r["methods"] for s, r in per_seed.items()})
     protocols = per_seed[seeds[0]]["protocols"]

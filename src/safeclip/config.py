@@ -19,13 +19,10 @@ from typing import Any, Optional
 
 import yaml
 
+from safeclip.errors import ConfigError  # noqa: F401  (raised here; imported from here by callers)
 
 LOSS_TERM_NAMES = ("redirection_contrastive", "redirection_cosine", "preservation_cosine", "preservation_contrastive")
 LOSS_HALF_NAMES = tuple(f"{term}_{side}" for term in LOSS_TERM_NAMES for side in ("text", "vision"))
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that cannot be used as written."""
 
 
 def _f(default: Any, help: str, **kw: Any) -> Any:
@@ -303,6 +300,15 @@ def apply_overrides(cfg: Any, overrides: list[str] | None) -> Any:
     if overrides:
         _apply(cfg, parse_overrides(overrides))
     return cfg
+
+
+def seed_list(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (an argparse ``type``: a bad entry is a usage error naming it)."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in items if not s.lstrip("-").isdigit()]
+    if bad:
+        raise ConfigError(f"seeds must be comma-separated integers, e.g. 0,1,2; got {', '.join(map(repr, bad))}")
+    return [int(s) for s in items]
 
 
 def describe_config(cls: type = TrainConfig) -> str:

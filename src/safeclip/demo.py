@@ -171,9 +171,9 @@ def run_seeds(out: str | os.PathLike, seeds: list[int], *, size: DemoSize | None
     return summary
 
 
-def demo_main(out: str, seed: int, seeds: str = "") -> int:
+def demo_main(out: str, seed: int, seeds: list[int] | None = None) -> int:
     if seeds:
-        run_seeds(out, [int(s) for s in seeds.split(",") if s.strip()], progress=sys.stderr.isatty())
+        run_seeds(out, seeds, progress=sys.stderr.isatty())
     else:
         run_demo(out, seed=seed, progress=sys.stderr.isatty())
     return 0

@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from safeclip.errors import DataError
+
 Item = TypeVar("Item")
 
 
@@ -106,7 +108,7 @@ class PartsJob:
         """This process's share of ``items`` (every ``world_size``-th, from ``rank``) not yet recorded."""
         keys = [key(item) for item in items]
         if len(set(keys)) != len(keys):
-            raise ValueError("work item keys must be unique to resume safely (e.g. give an id column without repeats)")
+            raise DataError("work item keys must be unique to resume safely (e.g. give an id column without repeats)")
         done = self.finished()
         return [item for item, k in list(zip(items, keys))[self.rank::self.world_size] if k not in done]
 
@@ -136,7 +138,7 @@ class PartsJob:
             found.setdefault(self.key(record), record)
         missing = [k for k in keys if k not in found]
         if missing:
-            raise ValueError(f"{len(missing)} {what} not finished yet (e.g. {missing[:3]}); {rerun}")
+            raise DataError(f"{len(missing)} {what} not finished yet (e.g. {missing[:3]}); {rerun}")
         return [found[k] for k in keys]
 
     def merge(self, keys: Sequence[Hashable], target: str | os.PathLike, **message) -> Path:

@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
 from safeclip.config import _f
+from safeclip.errors import ConfigError, DataError, MissingFileError
+
 
 JUDGE_FORMS = ('"lexicon"', '"lexicon:PATH"', '"hf:NAME_OR_DIR[@LABEL]"', '"openai:MODEL@BASE_URL"')
 TOXICITY_FORMS = ('"lexicon"', '"lexicon:PATH"', '"hf:NAME_OR_DIR[@LABEL]"')
@@ -69,13 +71,13 @@ def load_lexicon(path: str | os.PathLike) -> frozenset[str]:
     """Read one word or phrase per line (``#`` comments and blank lines skipped), lower-cased."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"lexicon file {path} not found; give one word or phrase per line")
+        raise MissingFileError(f"lexicon file {path} not found; give one word or phrase per line")
     entries = frozenset(
         " ".join(_words(line)) for line in path.read_text(encoding="utf-8").splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ) - {""}
     if not entries:
-        raise ValueError(f"lexicon file {path} has no entries; give one word or phrase per line")
+        raise DataError(f"lexicon file {path} has no entries; give one word or phrase per line")
     return entries
 
 
@@ -136,7 +138,7 @@ def _hf_pipeline(model: str):
     try:
         return pipeline("text-classification", model=model, tokenizer=model, top_k=None)
     except OSError as err:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"could not load text-classification model {model!r}: {err}. Give a local folder saved with "
             "save_pretrained or a Hugging Face model name (downloads need network)") from err
 
@@ -154,13 +156,13 @@ def _label_scores(pipe, texts: list[str], batch_size: int) -> list[dict[str, flo
 def _pick_label(labels: list[str], wanted: str | None, spec: str) -> str:
     if wanted is not None:
         if wanted not in labels:
-            raise ValueError(f"label {wanted!r} of {spec!r} is not one of the model's labels {labels}; "
+            raise ConfigError(f"label {wanted!r} of {spec!r} is not one of the model's labels {labels}; "
                              f"write hf:NAME@LABEL with one of them")
         return wanted
     for guess in ("NSFW", "nsfw", "toxic", "TOXIC", "toxicity", "unsafe", "UNSAFE", "LABEL_1"):
         if guess in labels:
             return guess
-    raise ValueError(f"cannot tell which label of {spec!r} means NSFW among {labels}; write hf:NAME@LABEL")
+    raise ConfigError(f"cannot tell which label of {spec!r} means NSFW among {labels}; write hf:NAME@LABEL")
 
 
 class _HFLabelModel:
@@ -237,7 +239,7 @@ def parse_yes_no(answer: str) -> bool:
             return True
         if w in ("no", "safe", "sfw", "false"):
             return False
-    raise ValueError(f"could not read a yes/no answer from the judge's reply {answer!r}; "
+    raise DataError(f"could not read a yes/no answer from the judge's reply {answer!r}; "
                      "make the prompt ask for a single word, yes or no")
 
 
@@ -280,10 +282,10 @@ class OpenAIChatJudge:
                  transport: Transport | None = None, api_key: str | None = None,
                  settings: LLMJudgeSettings | None = None, sleep: Callable[[float], None] = time.sleep):
         if "{text}" not in prompt:
-            raise ValueError("the OpenAI judge prompt must contain '{text}' where the text goes")
+            raise ConfigError("the OpenAI judge prompt must contain '{text}' where the text goes")
         self.settings = settings or LLMJudgeSettings()
         if self.settings.concurrency < 1 or self.settings.retries < 0:
-            raise ValueError("LLM judge settings need concurrency >= 1 and retries >= 0")
+            raise ConfigError("LLM judge settings need concurrency >= 1 and retries >= 0")
         self.name = f"openai:{model}@{base_url}"
         self.model = model
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -369,7 +371,7 @@ def build_judge(spec: str, llm: LLMJudgeSettings | None = None) -> TextJudge:
         if model and sep and base_url:
             return OpenAIChatJudge(model, base_url, os.environ.get("SAFECLIP_JUDGE_PROMPT", DEFAULT_OPENAI_PROMPT),
                                    settings=llm)
-    raise ValueError(f"unknown judge spec {spec!r}; accepted forms: {', '.join(JUDGE_FORMS)}")
+    raise ConfigError(f"unknown judge spec {spec!r}; accepted forms: {', '.join(JUDGE_FORMS)}")
 
 
 def build_toxicity(spec: str) -> ToxicityScorer:

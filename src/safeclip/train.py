@@ -76,6 +76,7 @@ from safeclip.data import (
 )
 from safeclip.distributed import gather_with_grad, world_size
 from safeclip.eval.embed import shard_rows
+from safeclip.errors import ConfigError, DataError, OutputExistsError
 from safeclip.eval.evaluation import evaluate
 from safeclip.losses import safe_clip_objective
 from safeclip.models.clip import ClipBundle, encode_pixel_batch, encode_token_batch, load_clip
@@ -387,7 +388,7 @@ def load_lora_state(state: dict[str, torch.Tensor], *models: torch.nn.Module) ->
             if key.startswith(prefix + "."):
                 name = key[len(prefix) + 1:]
                 if name not in params:
-                    raise ValueError(f"checkpoint parameter {key} does not exist in the model: different LoRA settings?")
+                    raise ConfigError(f"checkpoint parameter {key} does not exist in the model: different LoRA settings?")
                 with torch.no_grad():
                     params[name].copy_(value)
 
@@ -550,7 +551,7 @@ def check_run_folder(run_dir: Path, cfg: TrainConfig) -> dict:
     """
     has_checkpoint = run_dir.joinpath("checkpoints", "latest").exists()
     if has_checkpoint and not cfg.run.resume:
-        raise FileExistsError(f"{run_dir} already holds a run; pass run.resume=true to continue it "
+        raise OutputExistsError(f"{run_dir} already holds a run; pass run.resume=true to continue it "
                               "or choose another run.out_dir")
     if not (has_checkpoint and (run_dir / "config.yaml").is_file()):
         return {}
@@ -586,7 +587,7 @@ def load_model(cfg: TrainConfig) -> tuple[ClipBundle, torch.nn.Module, torch.nn.
 def micro_batch_size(cfg: TrainConfig, processes: int) -> int:
     micro_batch = cfg.data.batch_size // cfg.optim.grad_accum // processes
     if micro_batch < 2 or micro_batch * cfg.optim.grad_accum * processes != cfg.data.batch_size:
-        raise ValueError(f"data.batch_size={cfg.data.batch_size} must split evenly into optim.grad_accum="
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must split evenly into optim.grad_accum="
                          f"{cfg.optim.grad_accum} x {processes} processes with >= 2 items each")
     return micro_batch
 
@@ -603,7 +604,7 @@ def build_loader(cfg: TrainConfig, bundle: ClipBundle, records: list, report: Re
                         pin_memory=torch.cuda.is_available(),
                         collate_fn=QuadrupletCollator(bundle.tokenizer, padding=cfg.data.text_padding))
     if len(loader) == 0:
-        raise ValueError(f"{cfg.data.train} has {len(dataset)} usable quadruplets, fewer than one batch "
+        raise DataError(f"{cfg.data.train} has {len(dataset)} usable quadruplets, fewer than one batch "
                          f"({micro_batch}); lower data.batch_size")
     return loader
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from safeclip.config import seed_list
+from safeclip.errors import ConfigError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -17,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="compare", help="output folder (default: compare)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, base model and every method")
-    parser.add_argument("--seeds", default="", help="comma-separated seeds: one run per seed in DIR/seed-N, "
+    parser.add_argument("--seeds", type=seed_list, default=[], help="comma-separated seeds: one run per seed in DIR/seed-N, "
                         "then DIR/compare_seeds.json / .md with mean ± std")
     parser.add_argument("--methods", nargs="+", default=None,
                         help="methods to run (space- or comma-separated; default: safe-clip safer-clip uwm; also hysac, which "
@@ -53,17 +56,17 @@ def run(args: argparse.Namespace) -> int:
     for item in args.set:
         method, sep, setting = item.partition(":")
         if not sep or method not in METHOD_NAMES or "=" not in setting:
-            raise ValueError(f"--set {item!r}: write METHOD:KEY=VALUE with METHOD one of {', '.join(METHOD_NAMES)}")
+            raise ConfigError(f"--set {item!r}: write METHOD:KEY=VALUE with METHOD one of {', '.join(METHOD_NAMES)}")
         size.method_overrides.setdefault(method, []).append(setting)
     sources = None
     if args.base or args.train or args.test:
         if not (args.base and args.train and args.test):
-            raise ValueError("real-data mode needs all of --base, --train and --test")
+            raise ConfigError("real-data mode needs all of --base, --train and --test")
         sources = Sources(base=args.base, train=args.train, val=args.val, test=args.test,
                           zero_shot_folder=args.zero_shot_folder)
     kwargs = dict(methods=methods, size=size, sources=sources, progress=sys.stderr.isatty())
     if args.seeds:
-        run_compare_seeds(args.out, [int(s) for s in args.seeds.split(",") if s.strip()], **kwargs)
+        run_compare_seeds(args.out, args.seeds, **kwargs)
     else:
         run_compare(args.out, seed=args.seed, command="safeclip " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["compare"] else "", **kwargs)
     return 0

@@ -16,6 +16,7 @@ from safeclip.datagen.dpo import DPOSettings
 from safeclip.datagen.generate import CaptionSource, GenerationSettings, SamplingSettings
 from safeclip.datagen.sft import SFTSettings
 from safeclip.judges import LLMJudgeSettings
+from safeclip.errors import ConfigError, MissingFileError
 
 
 def _field_help(cls) -> dict[str, str]:
@@ -51,7 +52,7 @@ def _settings(args: argparse.Namespace, cls, section: str):
     if getattr(args, "config", None):
         path = Path(args.config)
         if not path.is_file():
-            raise FileNotFoundError(f"config {path} not found (shipped recipes: configs/datagen-*.yaml)")
+            raise MissingFileError(f"config {path} not found (shipped recipes: configs/datagen-*.yaml)")
         data = yaml.safe_load(path.read_text()) or {}
         values.update(data.get(section) or {})
         if not getattr(args, "model", None) and data.get("model"):
@@ -59,7 +60,7 @@ def _settings(args: argparse.Namespace, cls, section: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - names
     if unknown:
-        raise ValueError(f"unknown {section} settings {sorted(unknown)} in {args.config}; known: {sorted(names)}")
+        raise ConfigError(f"unknown {section} settings {sorted(unknown)} in {args.config}; known: {sorted(names)}")
     for name in names - {"extra"}:
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
@@ -162,7 +163,7 @@ def run_sft_command(args: argparse.Namespace) -> int:
 
     settings = _settings(args, SFTSettings, "sft")
     if not args.model:
-        raise ValueError("give --model (a causal LM name or folder) or a --config with a model: line")
+        raise ConfigError("give --model (a causal LM name or folder) or a --config with a model: line")
     print(f"SFT adapter and merged model: {run_sft(args.model, read_pairs(args.pairs), args.out, settings)}")
     return 0
 
@@ -173,9 +174,9 @@ def run_dpo_command(args: argparse.Namespace) -> int:
 
     settings = _settings(args, DPOSettings, "dpo")
     if not args.model:
-        raise ValueError("give --model (the SFT model folder) or a --config with a model: line")
+        raise ConfigError("give --model (the SFT model folder) or a --config with a model: line")
     if not Path(args.pairs).is_file():
-        raise FileNotFoundError(f"pairs file {args.pairs} not found; run `safeclip datagen preferences` first")
+        raise MissingFileError(f"pairs file {args.pairs} not found; run `safeclip datagen preferences` first")
     print(f"DPO adapter and merged model: {run_dpo(args.model, read_rows(Path(args.pairs)), args.out, settings)}")
     return 0
 
@@ -218,7 +219,7 @@ def build_engine(model: str, settings: GenerationSettings, device: str | None = 
     if settings.engine == "vllm":
         return vllm_engine(model, temperature=settings.temperature, top_p=settings.top_p,
                            max_new_tokens=settings.max_new_tokens, seed=settings.seed)
-    raise ValueError(f"unknown engine {settings.engine!r}; use hf or vllm")
+    raise ConfigError(f"unknown engine {settings.engine!r}; use hf or vllm")
 
 
 def run_generate_command(args: argparse.Namespace) -> int:
@@ -252,11 +253,11 @@ def run_images_command(args: argparse.Namespace) -> int:
     from safeclip.datagen.images import build_image_flagger, diffusers_renderer, generate_images, merge_image_parts
 
     if not Path(args.rows).is_file():
-        raise FileNotFoundError(f"rows file {args.rows} not found; run `safeclip datagen generate` first")
+        raise MissingFileError(f"rows file {args.rows} not found; run `safeclip datagen generate` first")
     try:
         seeds = tuple(int(s) for s in args.seeds.split(",") if s.strip())
     except ValueError as err:
-        raise ValueError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from err
+        raise ConfigError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from err
     rows = read_rows(Path(args.rows))
     rows = rows[:args.limit] if args.limit else rows
     state = PartialState()
@@ -277,7 +278,7 @@ def run_report_command(args: argparse.Namespace) -> int:
     from safeclip.judges import build_judge, build_toxicity
 
     if not Path(args.rows).is_file():
-        raise FileNotFoundError(f"rows file {args.rows} not found")
+        raise MissingFileError(f"rows file {args.rows} not found")
     llm = _settings(args, LLMJudgeSettings, "judge")
     llm.cache = llm.cache or str(Path(args.out) / "judge_cache.jsonl")
     judges = [build_judge(s, llm) for s in args.judge]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from safeclip.config import seed_list
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -17,7 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", default="demo", help="output folder (default: demo)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, the base model and the fine-tuning")
-    parser.add_argument("--seeds", default="", help="comma-separated seeds: run the demo once per seed into DIR/seed-N "
+    parser.add_argument("--seeds", type=seed_list, default=[], help="comma-separated seeds: run the demo once per seed into DIR/seed-N "
                         "and write DIR/seeds.json and DIR/seeds.md (mean and spread)")
     parser.set_defaults(func=run)
 
@@ -34,7 +36,6 @@ def print_explore_command(args: argparse.Namespace) -> None:
     """The one command that opens the explore page on the demo's own base, Safe-CLIP run and test split."""
     from safeclip.commands.explore import explore_command
 
-    seeds = [s.strip() for s in args.seeds.split(",") if s.strip()]
-    out = Path(args.out) / f"seed-{seeds[0]}" if seeds else Path(args.out)
+    out = Path(args.out) / f"seed-{args.seeds[0]}" if args.seeds else Path(args.out)
     command = explore_command({"base": out / "base", "safe-clip": out / "run"}, out / "world" / "test.jsonl")
     print(f"Try your own queries on both models in the browser:\n  {command}")

@@ -7,6 +7,8 @@ import sys
 import importlib.util
 from pathlib import Path
 
+from safeclip.errors import DataError, MissingFileError
+
 
 FORMATS = ["auto", "visu", "visu-text", "table", "nsfwcaps"]
 
@@ -261,15 +263,15 @@ def _unsafe_source(spec: str) -> tuple[str, list[Path]]:
     if path.is_dir():
         images = sorted(p for p in path.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".webp"})
         if not images:
-            raise FileNotFoundError(f"{path} holds no .png/.jpg/.jpeg/.webp images")
+            raise MissingFileError(f"{path} holds no .png/.jpg/.jpeg/.webp images")
         return path.name, images
     from safeclip.data.quadruplets import read_rows
 
     if not path.is_file():
-        raise FileNotFoundError(f"unsafe image source {path} does not exist (a JSONL with unsafe_image, or a folder)")
+        raise MissingFileError(f"unsafe image source {path} does not exist (a JSONL with unsafe_image, or a folder)")
     rows = read_rows(path)
     if not rows or "unsafe_image" not in rows[0]:
-        raise ValueError(f"{path}: column unsafe_image missing")
+        raise DataError(f"{path}: column unsafe_image missing")
     return path.stem, [path.parent / r["unsafe_image"] for r in rows]
 
 
@@ -297,11 +299,11 @@ def run_nsfw_retrieval(args: argparse.Namespace) -> int:
             print(f"{source}: {len(sources[source])} images, queried with {q['count']} texts of categories {q['categories']}")
     distractor_path = Path(args.distractors)
     if not distractor_path.is_file():
-        raise FileNotFoundError(f"distractor file {distractor_path} does not exist")
+        raise MissingFileError(f"distractor file {distractor_path} does not exist")
     distractors = read_rows(distractor_path)
     missing = {"safe_image", "safe_text"} - set(distractors[0]) if distractors else {"safe_image", "safe_text"}
     if missing:
-        raise ValueError(f"{distractor_path}: column(s) {', '.join(sorted(missing))} missing")
+        raise DataError(f"{distractor_path}: column(s) {', '.join(sorted(missing))} missing")
     compute = compute_settings(args)
     say_share("nsfw-retrieval distractors", len(distractors), args.batch_size)
     results = {}

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 
+from safeclip.errors import ConfigError
+
+
 DTYPES = {"auto": None, "float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
 
@@ -108,7 +111,7 @@ def _labelled(specs: list[str]) -> dict[str, str]:
     for spec in specs:
         label, _, value = spec.partition("=") if "=" in spec else (spec, "", spec)
         if not value:
-            raise ValueError(f"--safe-encoder {spec!r}: expected LABEL=MODEL or MODEL")
+            raise ConfigError(f"--safe-encoder {spec!r}: expected LABEL=MODEL or MODEL")
         out[label] = value
     return out
 
@@ -121,9 +124,9 @@ def run_t2i_command(args: argparse.Namespace) -> int:
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip())
     unknown = set(variants) - set(T2I_VARIANTS)
     if unknown:
-        raise ValueError(f"unknown --variants {sorted(unknown)}; choose from {','.join(T2I_VARIANTS)}")
+        raise ConfigError(f"unknown --variants {sorted(unknown)}; choose from {','.join(T2I_VARIANTS)}")
     if args.images_per_prompt < 1:
-        raise ValueError("--images-per-prompt must be at least 1")
+        raise ConfigError("--images-per-prompt must be at least 1")
     if args.prompt_set:
         from safeclip.attacks.generation import with_originals
         from safeclip.attacks.prompt_sets import read_prompt_set
@@ -133,7 +136,7 @@ def run_t2i_command(args: argparse.Namespace) -> int:
         prompts = read_prompts(args.prompts, max_rows=args.max_prompts)
     judges = [build_image_judge(s.strip()) for s in args.judges.split(",") if s.strip()]
     if not judges:
-        raise ValueError("--judges is empty; give e.g. nudenet")
+        raise ConfigError("--judges is empty; give e.g. nudenet")
     cfg = T2IConfig(images_per_prompt=args.images_per_prompt, seed=args.seed, steps=args.steps,
                     guidance_scale=args.guidance_scale, height=args.height, width=args.width, batch_size=args.batch_size,
                     negative_prompt=args.negative_prompt, variants=variants,
@@ -176,7 +179,7 @@ def run_i2t_command(args: argparse.Namespace) -> int:
     images = read_images(args.images, max_images=args.max_images, unsafe_image_root=args.unsafe_image_root)
     judges = [build_judge(s.strip()) for s in args.judges.split(",") if s.strip()]
     if not judges:
-        raise ValueError("--judges is empty; give e.g. lexicon")
+        raise ConfigError("--judges is empty; give e.g. lexicon")
     toxicity = None if args.toxicity.lower() == "none" else build_toxicity(args.toxicity)
     dtype = _dtype(args.dtype)
     device = _device(args.device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from safeclip.errors import ConfigError, MissingFileError
 from safeclip.world.build import DEFAULT_SIZES
 from safeclip.world.pretrain import PretrainSettings
 
@@ -43,7 +44,7 @@ def run_build(args: argparse.Namespace) -> int:
 
     sizes = {name: getattr(args, name) for name in DEFAULT_SIZES}
     if any(v < 1 for v in sizes.values()):
-        raise ValueError("every --n-* size must be at least 1")
+        raise ConfigError("every --n-* size must be at least 1")
     print(f"world: {build_world(args.out, seed=args.seed, **sizes)}")
     return 0
 
@@ -54,7 +55,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
     from safeclip.world import pretrain_base
 
     if not (Path(args.world) / "world.json").is_file():
-        raise FileNotFoundError(f"{args.world} is not a built world (no world.json); run `safeclip world build --out {args.world}` first")
+        raise MissingFileError(f"{args.world} is not a built world (no world.json); run `safeclip world build --out {args.world}` first")
     out = pretrain_base(args.world, args.out, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
                         lr=args.lr, hidden_size=args.hidden_size, num_layers=args.num_layers, patch_size=args.patch_size)
     print(f"base CLIP: {out}")

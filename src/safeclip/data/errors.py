@@ -1,5 +1,5 @@
-"""Errors for bad dataset input: each names the file, the row and the fix."""
+"""Errors for bad dataset input: each names the file, the row and the fix (:class:`safeclip.errors.DataError`)."""
 
+from safeclip.errors import DataError
 
-class DataError(ValueError):
-    """Input data that cannot be used as given (missing file, corrupt image, wrong schema)."""
+__all__ = ["DataError"]

@@ -37,6 +37,7 @@ from safeclip.datagen.quality import quality_report, write_quality
 from safeclip.datagen.sft import SFTSettings, run_sft, write_jsonl
 from safeclip.datagen.world_lm import WorldLMSettings, pretrain_world_lm
 from safeclip.eval.report import markdown_table
+from safeclip.errors import ConfigError, DataError, MissingFileError
 from safeclip.timing import StageClock
 from safeclip.world.categories import CATEGORIES, MARKERS, PHRASES
 
@@ -85,7 +86,7 @@ def curated_pairs(train_rows: list[dict], per_category: int = 5, seed: int = 0) 
     pairs = []
     for c in CATEGORIES:
         if len(by_category[c]) < per_category:
-            raise ValueError(f"the world has {len(by_category[c])} train rows of {c!r}, fewer than {per_category}")
+            raise DataError(f"the world has {len(by_category[c])} train rows of {c!r}, fewer than {per_category}")
         for r in rng.sample(by_category[c], per_category):
             pairs.append({"id": r["id"], "safe_text": r["safe_text"], "unsafe_text": r["unsafe_text"], "category": c})
     return pairs
@@ -191,7 +192,7 @@ def run_datagen_demo(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemo
     size_name = size if isinstance(size, str) else "custom" if size else "default"
     if isinstance(size, str):
         if size not in SIZES:
-            raise ValueError(f"unknown demo size {size!r}; choose one of {sorted(SIZES)}")
+            raise ConfigError(f"unknown demo size {size!r}; choose one of {sorted(SIZES)}")
         size = SIZES[size]()
     size = size or DatagenDemoSize()
     if not progress:
@@ -206,11 +207,11 @@ def run_datagen_demo(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemo
 
     print(f"[datagen demo] 1/7 world and base CLIP -> {out / 'world'}, {out / 'clip'}", flush=True)
     if (world_dir is None) != (clip_dir is None):
-        raise ValueError("give both --world and --clip (a world and the base CLIP trained on it) or neither")
+        raise ConfigError("give both --world and --clip (a world and the base CLIP trained on it) or neither")
     if world_dir is not None:
         world, clip_dir = Path(world_dir), Path(clip_dir)
         if not (world / "world.json").is_file():
-            raise FileNotFoundError(f"{world} is not a built world (no world.json); run `safeclip world build`")
+            raise MissingFileError(f"{world} is not a built world (no world.json); run `safeclip world build`")
     else:
         world = Path(build_world(out / "world", seed=seed, progress=progress, **size.world))
         clip_dir = Path(pretrain_base(world, out / "clip", seed=seed, progress=progress, **size.clip))

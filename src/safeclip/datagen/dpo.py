@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from safeclip.datagen.sft import _load, lora_config, save_trained
+from safeclip.errors import DataError
 
 
 @dataclass
@@ -46,7 +47,7 @@ def run_dpo(model: str | os.PathLike, pairs: list[dict], out_dir: str | os.PathL
     settings = settings or DPOSettings()
     rows = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
     if not rows:
-        raise ValueError("DPO needs at least one preference pair (all pairs tied? sample more captions)")
+        raise DataError("DPO needs at least one preference pair (all pairs tied? sample more captions)")
     out = Path(out_dir)
     lm, tokenizer = _load(model, settings.bf16)
     args = DPOConfig(output_dir=str(out / "trainer"), beta=settings.beta, per_device_train_batch_size=settings.batch_size,

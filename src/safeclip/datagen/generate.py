@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from safeclip.config import _f
 from safeclip.datagen.engines import completion_problem
 from safeclip.datagen.prompts import format_prompt
+from safeclip.errors import DataError, MissingFileError
 from safeclip.jobs import PartsJob
 from safeclip.world.categories import CATEGORIES
 
@@ -108,8 +109,8 @@ def read_captions(path: str | os.PathLike, *, split: str | None = None, key: str
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"caption file {path} not found; give COCO's captions_*.json, dataset_coco.json "
-                                "or a JSONL/CSV of captions")
+        raise MissingFileError(f"caption file {path} not found; give COCO's captions_*.json, dataset_coco.json "
+                               "or a JSONL/CSV of captions")
     if path.suffix == ".json":
         data = json.loads(path.read_text(encoding="utf-8"))
         if isinstance(data, dict) and "annotations" in data and "images" in data:
@@ -118,10 +119,10 @@ def read_captions(path: str | os.PathLike, *, split: str | None = None, key: str
             return _karpathy_rows(path, data, split or "", image_root)
     table = read_rows(path)
     if not table:
-        raise ValueError(f"caption file {path} has no rows")
+        raise DataError(f"caption file {path} has no rows")
     column = key or next((k for k in CAPTION_KEYS if k in table[0]), None)
     if column is None or column not in table[0]:
-        raise ValueError(f"caption file {path} has no caption column (looked for {key or CAPTION_KEYS}); "
+        raise DataError(f"caption file {path} has no caption column (looked for {key or CAPTION_KEYS}); "
                          "pass --caption-key NAME")
     return [{"id": str(r.get("id", i)), "safe_text": str(r[column]).strip(),
              **{k: str(r[k]) for k in ("image_id", "safe_image") if r.get(k)}} for i, r in enumerate(table)]

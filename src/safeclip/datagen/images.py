@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from safeclip.errors import ConfigError, DataError, MissingFileError
 from safeclip.jobs import PartsJob
 
 # Where each image setting comes from (the paper gives none of them but the model):
@@ -53,7 +54,7 @@ def diffusers_renderer(pipeline, *, steps: int = 30, guidance_scale: float = 7.5
         try:
             pipeline = AutoPipelineForText2Image.from_pretrained(str(pipeline), torch_dtype=torch_dtype)
         except (OSError, ValueError) as err:
-            raise FileNotFoundError(f"could not load diffusers pipeline {pipeline!r}: {err}") from err
+            raise MissingFileError(f"could not load diffusers pipeline {pipeline!r}: {err}") from err
         pipeline = pipeline.to(device)
         if hasattr(pipeline, "safety_checker"):
             pipeline.safety_checker = None  # the point is to render unsafe images for training data
@@ -96,7 +97,7 @@ def _hf_flagger(spec: str) -> ImageFlagger:
     labels = list(classify.model.config.id2label.values())
     label = label or next((x for x in ("nsfw", "NSFW", "unsafe", "porn") if x in labels), "")
     if label not in labels:
-        raise ValueError(f"image classifier {name!r} has labels {labels}; write hf:{name}@LABEL with the NSFW one")
+        raise ConfigError(f"image classifier {name!r} has labels {labels}; write hf:{name}@LABEL with the NSFW one")
 
     def flag(images, prompts):
         return [next((d["score"] for d in r if d["label"] == label), 0.0) for r in classify(images)]
@@ -149,7 +150,7 @@ def build_image_flagger(spec: str) -> ImageFlagger | CategoryFlagger:
         return _hf_flagger(spec)
     if spec.partition(":")[0] in ("nudenet", "q16", "q16-pickle"):
         return _judge_flagger(spec)
-    raise ValueError(f"unknown image classifier spec {spec!r}; accepted forms: {', '.join(FLAGGER_FORMS)}")
+    raise ConfigError(f"unknown image classifier spec {spec!r}; accepted forms: {', '.join(FLAGGER_FORMS)}")
 
 
 def image_job(out_dir: str | os.PathLike, *, rank: int | None = None, world_size: int | None = None) -> PartsJob:
@@ -192,9 +193,9 @@ def generate_images(rows: list[dict], out_dir: str | os.PathLike, render: Render
     :class:`CategoryFlagger`); keep that image (else the highest-scoring one); append to ``images-<rank>.jsonl``.
     A row whose every seed failed gets ``unsafe_image: null`` and is left out of ``quadruplets.jsonl``."""
     if not seeds:
-        raise ValueError("give at least one seed")
+        raise ConfigError("give at least one seed")
     if image_format not in IMAGE_FORMATS:
-        raise ValueError(f"image format {image_format!r}: use {', '.join(IMAGE_FORMATS)}")
+        raise ConfigError(f"image format {image_format!r}: use {', '.join(IMAGE_FORMATS)}")
     job = image_job(out_dir, rank=rank, world_size=world_size)
     (job.folder / "images").mkdir(parents=True, exist_ok=True)
     todo = job.todo(rows, key=lambda row: row["id"])

@@ -17,6 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.errors import DataError
 
 
 def _rate(values: list, idx: list[int]) -> tuple[float, int]:
@@ -69,10 +70,10 @@ def quality_report(rows: list[dict], judges: list, toxicity=None, clip_bundle=No
     ``{"safe_text", "unsafe_text", "category"?, "unsafe_image"?}``: overall and per category. ``roles`` maps a
     judge name to the paper judge it plays (e.g. the DistilBERT classifier)."""
     if not rows:
-        raise ValueError("the quality report needs at least one row with unsafe_text")
+        raise DataError("the quality report needs at least one row with unsafe_text")
     for i, r in enumerate(rows):
         if not isinstance(r.get("unsafe_text"), str):
-            raise ValueError(f"row {i} has no 'unsafe_text'; give the generated captions file")
+            raise DataError(f"row {i} has no 'unsafe_text'; give the generated captions file")
     texts = [r["unsafe_text"] for r in rows]
     flags = {judge.name: [None if x is None else bool(x) for x in judge(texts)] for judge in judges}
     columns: dict[str, list[float] | None] = {

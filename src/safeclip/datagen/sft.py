@@ -19,6 +19,7 @@ from pathlib import Path
 
 from safeclip.checkpoint import write_json_atomic
 from safeclip.datagen.prompts import format_prompt
+from safeclip.errors import DataError, MissingFileError
 
 
 @dataclass
@@ -47,7 +48,7 @@ def sft_rows(pairs: list[dict], *, condition: bool = True) -> list[dict]:
     rows = []
     for i, p in enumerate(pairs):
         if not p.get("safe_text") or not p.get("unsafe_text"):
-            raise ValueError(f"SFT pair {i} needs non-empty 'safe_text' and 'unsafe_text' fields, got {sorted(p)}")
+            raise DataError(f"SFT pair {i} needs non-empty 'safe_text' and 'unsafe_text' fields, got {sorted(p)}")
         rows.append({"prompt": format_prompt(p["safe_text"], p.get("category") if condition else None),
                      "completion": " " + p["unsafe_text"].strip()})
     return rows
@@ -68,7 +69,7 @@ def _load(model: str | os.PathLike, bf16: bool):
         tokenizer = AutoTokenizer.from_pretrained(str(model))
         lm = AutoModelForCausalLM.from_pretrained(str(model), dtype=torch.bfloat16 if bf16 else torch.float32)
     except OSError as err:
-        raise FileNotFoundError(f"could not load causal LM {model!r}: {err}. Give a local folder or a hub name "
+        raise MissingFileError(f"could not load causal LM {model!r}: {err}. Give a local folder or a hub name "
                                 "(gated models such as Llama-2 need `huggingface-cli login`)") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -106,7 +107,7 @@ def run_sft(model: str | os.PathLike, pairs: list[dict], out_dir: str | os.PathL
 
     settings = settings or SFTSettings()
     if not pairs:
-        raise ValueError("SFT needs at least one safe->unsafe pair")
+        raise DataError("SFT needs at least one safe->unsafe pair")
     out = Path(out_dir)
     lm, tokenizer = _load(model, settings.bf16)
     args = SFTConfig(output_dir=str(out / "trainer"), per_device_train_batch_size=settings.batch_size,
@@ -133,7 +134,7 @@ def read_pairs(path: str | os.PathLike) -> list[dict]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pairs file {path} not found; give a JSONL/CSV with safe_text and unsafe_text")
+        raise MissingFileError(f"pairs file {path} not found; give a JSONL/CSV with safe_text and unsafe_text")
     rows = read_rows(path)
     sft_rows(rows)  # validates
     return rows

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from safeclip.errors import DataError, MissingFileError
 from safeclip.eval.report import markdown_table
+
 
 I2P_CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
 
@@ -87,13 +89,13 @@ def read_i2p(path: str | os.PathLike, *, max_rows: int = 0, categories: Iterable
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"I2P file {path} not found (the I2P CSV with 'prompt' and 'categories' columns)")
+        raise MissingFileError(f"I2P file {path} not found (the I2P CSV with 'prompt' and 'categories' columns)")
     rows = read_rows(path)
     if not rows:
-        raise ValueError(f"{path} has no rows")
+        raise DataError(f"{path} has no rows")
     missing = {"prompt", "categories"} - set(rows[0])
     if missing:
-        raise ValueError(f"{path}: column(s) {', '.join(sorted(missing))} missing; I2P needs 'prompt' and 'categories'")
+        raise DataError(f"{path}: column(s) {', '.join(sorted(missing))} missing; I2P needs 'prompt' and 'categories'")
     wanted = {map_category(c) or _norm(c) for c in categories} if categories else None
     prompts: list[Prompt] = []
     for i, row in enumerate(rows):
@@ -128,7 +130,7 @@ def prompts_from_quadruplets(path: str | os.PathLike, *, max_rows: int = 0) -> l
         if max_rows and len(prompts) >= max_rows:
             break
     if not prompts:
-        raise ValueError(f"{path} has no unsafe_text values to use as prompts")
+        raise DataError(f"{path} has no unsafe_text values to use as prompts")
     return prompts
 
 
@@ -138,7 +140,7 @@ def read_prompts(path: str | os.PathLike, *, max_rows: int = 0) -> list[Prompt]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"prompt file {path} not found (an I2P CSV, or a ViSU/quadruplet file)")
+        raise MissingFileError(f"prompt file {path} not found (an I2P CSV, or a ViSU/quadruplet file)")
     if path.suffix.lower() in {".csv", ".jsonl"}:
         rows = read_rows(path)
         if rows and "prompt" in rows[0] and "categories" in rows[0]:

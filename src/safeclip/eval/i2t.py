@@ -25,6 +25,7 @@ import torch
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.eval.report import markdown_table
+from safeclip.errors import ConfigError, DataError, MissingFileError
 from safeclip.jobs import PartsJob
 
 DEFAULT_PROMPT = "USER: <image>\nDescribe this image in one sentence. ASSISTANT:"
@@ -50,23 +51,23 @@ def read_images(spec: str | os.PathLike, *, max_images: int = 0,
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"{path} holds no {'/'.join(sorted(IMAGE_SUFFIXES))} images")
+            raise MissingFileError(f"{path} holds no {'/'.join(sorted(IMAGE_SUFFIXES))} images")
         items = [ImageItem(str(p.relative_to(path)), p) for p in files]
     elif path.is_file() and path.suffix.lower() == ".json" and detect_format(path) == "visu":
         root = Path(unsafe_image_root) if unsafe_image_root else path.parent  # COCO (safe) images not needed
         items = [ImageItem(str(r["_key"]), root / r["nsfw_im_path"]) for r in read_rows(path) if r.get("nsfw_im_path")]
         missing = [it.path for it in items if not it.path.is_file()]
         if missing:
-            raise FileNotFoundError(f"{len(missing)} of {len(items)} unsafe images of {path} are missing, e.g. "
+            raise MissingFileError(f"{len(missing)} of {len(items)} unsafe images of {path} are missing, e.g. "
                                     f"{missing[0]}; pass --unsafe-image-root (the folder nsfw_im_path is relative to)")
     elif path.is_file():
         rows = read_rows(path)
         column = next((c for c in ("unsafe_image", "image") if rows and c in rows[0]), None)
         if column is None:
-            raise ValueError(f"{path}: no unsafe_image or image column (or a ViSU JSON with nsfw_im_path)")
+            raise DataError(f"{path}: no unsafe_image or image column (or a ViSU JSON with nsfw_im_path)")
         items = [ImageItem(str(r.get("id", i)), path.parent / r[column]) for i, r in enumerate(rows) if r.get(column)]
     else:
-        raise FileNotFoundError(f"image source {path} does not exist (a folder of images, a ViSU JSON, "
+        raise MissingFileError(f"image source {path} does not exist (a folder of images, a ViSU JSON, "
                                 "or a JSONL with unsafe_image)")
     return items[:max_images] if max_images else items
 
@@ -99,7 +100,7 @@ def replace_vision_tower(llava, tower) -> None:
         source = {k: src[k.split("vision_model.", 1)[-1]] for k in own if k.split("vision_model.", 1)[-1] in src}
     bad = [k for k in own if k not in source or own[k].shape != source[k].shape]
     if bad:
-        raise ValueError(f"the Safe-CLIP vision encoder does not fit this LLaVA's tower ({len(bad)} mismatched tensors, "
+        raise DataError(f"the Safe-CLIP vision encoder does not fit this LLaVA's tower ({len(bad)} mismatched tensors, "
                          f"e.g. {bad[0]}); use the CLIP the LLaVA was built on (llava-1.5: openai/clip-vit-large-patch14-336)")
     target.load_state_dict({k: source[k].to(own[k].dtype) for k in own})
 
@@ -167,7 +168,7 @@ def describe_batch(label: str, captioner: Callable, batch: Sequence[ImageItem], 
     pics = []
     for it in batch:
         if not it.path.is_file():
-            raise FileNotFoundError(f"image {it.path} not found")
+            raise MissingFileError(f"image {it.path} not found")
         with Image.open(it.path) as im:
             pics.append(im.convert("RGB"))
     captions = list(captioner(pics))
@@ -195,9 +196,9 @@ def run_i2t(captioners: Mapping[str, Callable], images: Sequence[ImageItem], jud
     from tqdm.auto import tqdm
 
     if not images:
-        raise ValueError("no images to describe")
+        raise DataError("no images to describe")
     if not judges:
-        raise ValueError("give at least one text judge (e.g. 'lexicon')")
+        raise ConfigError("give at least one text judge (e.g. 'lexicon')")
     out = Path(out_dir)
     job = i2t_job(out, rank=rank, world_size=world_size)
     todo = job.todo([(label, it) for label in captioners for it in images], key=lambda pair: (pair[0], pair[1].id))

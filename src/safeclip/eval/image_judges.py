@@ -25,6 +25,9 @@ from typing import Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
+from safeclip.errors import ConfigError, DataError, MissingFileError
+
+
 # NudeNet labels that count as nudity (exposed genitalia, breasts, buttocks, anus); faces, feet, armpits,
 # bellies and covered parts do not.
 NUDENET_UNSAFE = (
@@ -49,7 +52,7 @@ class NudeNetJudge:
 
     def __init__(self, threshold: float = 0.6, labels: Sequence[str] = NUDENET_UNSAFE, detector=None) -> None:
         if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"NudeNet threshold must be in [0, 1], got {threshold}")
+            raise ConfigError(f"NudeNet threshold must be in [0, 1], got {threshold}")
         if detector is None:
             try:
                 from nudenet import NudeDetector
@@ -66,7 +69,7 @@ class NudeNetJudge:
         """NudeNet's raw detections (``{"class", "score", "box"}``) per image."""
         for p in paths:
             if not Path(p).is_file():
-                raise FileNotFoundError(f"image {p} not found")
+                raise MissingFileError(f"image {p} not found")
         return [self.detector.detect(str(p)) for p in paths]
 
     def __call__(self, paths: Sequence[str | os.PathLike]) -> list[bool]:
@@ -83,7 +86,7 @@ def load_q16_prompts(path: str | os.PathLike, *, allow_pickle: bool = False) -> 
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Q16 prompts file {path} not found; get prompts.p from the ml-research/Q16 "
+        raise MissingFileError(f"Q16 prompts file {path} not found; get prompts.p from the ml-research/Q16 "
                                 "repository (data/ViT-L-14/prompts.p) and pass its path")
     suffix = path.suffix.lower()
     if suffix not in (".safetensors", ".npy", ".pt") and not allow_pickle:
@@ -95,7 +98,7 @@ def load_q16_prompts(path: str | os.PathLike, *, allow_pickle: bool = False) -> 
 
         tensors = load_file(str(path))
         if len(tensors) != 1:
-            raise ValueError(f"{path}: expected one tensor of Q16 prompts, found {sorted(tensors)}")
+            raise DataError(f"{path}: expected one tensor of Q16 prompts, found {sorted(tensors)}")
         value = next(iter(tensors.values()))
     elif suffix == ".npy":
         value = np.load(path, allow_pickle=False)
@@ -106,14 +109,14 @@ def load_q16_prompts(path: str | os.PathLike, *, allow_pickle: bool = False) -> 
             value = pickle.load(fh)  # noqa: S301 - the Q16 release is a pickle; documented above
     prompts = torch.as_tensor(np.asarray(value.detach().cpu() if torch.is_tensor(value) else value), dtype=torch.float32)
     if prompts.ndim != 2 or prompts.shape[0] != 2:
-        raise ValueError(f"{path}: Q16 prompts must have shape (2, D) (appropriate, inappropriate), got {tuple(prompts.shape)}")
+        raise DataError(f"{path}: Q16 prompts must have shape (2, D) (appropriate, inappropriate), got {tuple(prompts.shape)}")
     return prompts
 
 
 def q16_probabilities(image_embeddings: torch.Tensor, prompts: torch.Tensor, scale: float = 100.0) -> torch.Tensor:
     """``softmax(scale * cos(image, prompt))`` over the 2 prompts: ``(N, D), (2, D) -> (N, 2)``; column 1 = inappropriate."""
     if image_embeddings.shape[-1] != prompts.shape[-1]:
-        raise ValueError(f"Q16 prompts are {prompts.shape[-1]}-d but the CLIP image embeddings are "
+        raise DataError(f"Q16 prompts are {prompts.shape[-1]}-d but the CLIP image embeddings are "
                          f"{image_embeddings.shape[-1]}-d; use the CLIP model the prompts were learned for (ViT-L/14)")
     img = torch.nn.functional.normalize(image_embeddings.float(), dim=-1)
     txt = torch.nn.functional.normalize(prompts.float(), dim=-1)
@@ -142,7 +145,7 @@ class Q16Judge:
         images = []
         for p in paths:
             if not Path(p).is_file():
-                raise FileNotFoundError(f"image {p} not found")
+                raise MissingFileError(f"image {p} not found")
             with Image.open(p) as im:
                 images.append(im.convert("RGB"))
         emb = encode_images(self.bundle.vision, self.bundle.image_processor, images, batch_size=self.batch_size)
@@ -161,14 +164,14 @@ def build_image_judge(spec: str) -> ImageJudge:
         except ValueError as err:
             if "threshold" in str(err):
                 raise
-            raise ValueError(f"bad NudeNet spec {spec!r}: expected nudenet or nudenet:THRESHOLD (e.g. nudenet:0.6)") from err
+            raise ConfigError(f"bad NudeNet spec {spec!r}: expected nudenet or nudenet:THRESHOLD (e.g. nudenet:0.6)") from err
     if kind in ("q16", "q16-pickle"):
         prompts, _, clip = rest.partition("@")
         if not prompts:
-            raise ValueError(f"bad Q16 spec {spec!r}: expected q16:PROMPTS_FILE@CLIP (e.g. "
-                             "q16-pickle:Q16/data/ViT-L-14/prompts.p@openai/clip-vit-large-patch14)")
+            raise ConfigError(f"bad Q16 spec {spec!r}: expected q16:PROMPTS_FILE@CLIP (e.g. "
+                              "q16-pickle:Q16/data/ViT-L-14/prompts.p@openai/clip-vit-large-patch14)")
         return Q16Judge(prompts, clip or "openai/clip-vit-large-patch14", allow_pickle=kind == "q16-pickle")
-    raise ValueError(f"unknown image judge {spec!r}; use one of {', '.join(IMAGE_JUDGE_FORMS)}")
+    raise ConfigError(f"unknown image judge {spec!r}; use one of {', '.join(IMAGE_JUDGE_FORMS)}")
 
 
 def judge_images(judges: Sequence[Callable], paths: Sequence[str | os.PathLike]) -> list[dict[str, bool]]:

@@ -29,6 +29,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.errors import ConfigError, DataError
 from safeclip.jobs import PartsJob
 from safeclip.eval.i2p import Prompt, aggregate_by_category, format_category_table
 from safeclip.eval.image_judges import judge_images
@@ -69,7 +70,7 @@ def _sld_kwargs(variant: str) -> dict:
 def make_generator(pipe, variant: str, cfg: T2IConfig) -> Generate:
     """A ``Generate`` for one diffusers pipeline and one variant; seeds go to one torch.Generator per image."""
     if variant not in T2I_VARIANTS and variant not in SLD_PRESETS:
-        raise ValueError(f"unknown variant {variant!r}; choose from {', '.join(T2I_VARIANTS)}")
+        raise ConfigError(f"unknown variant {variant!r}; choose from {', '.join(T2I_VARIANTS)}")
     extra = _sld_kwargs(variant) if variant.startswith("sld-") else {}
 
     @torch.no_grad()
@@ -142,7 +143,7 @@ def build_generators(base_pipe, safe_encoders: Mapping[str, torch.nn.Module], cf
     for label, encoder in encoders.items():
         emb = encoder.get_input_embeddings().weight.shape[0]
         if emb < vocab:
-            raise ValueError(f"text encoder {label!r} has {emb} token embeddings but the pipeline's tokenizer has {vocab}; "
+            raise DataError(f"text encoder {label!r} has {emb} token embeddings but the pipeline's tokenizer has {vocab}; "
                              "use a Safe-CLIP model trained from the pipeline's CLIP text encoder")
         encoder = match_pipeline_depth(encoder, base_pipe.text_encoder, label)
         encoder.to(base_pipe.device, dtype=base_pipe.text_encoder.dtype)
@@ -224,9 +225,9 @@ def run_t2i(generators: Mapping[str, Generate], prompts: Sequence[Prompt], judge
 
     cfg = cfg or T2IConfig()
     if not prompts:
-        raise ValueError("no prompts to generate from")
+        raise DataError("no prompts to generate from")
     if not generators:
-        raise ValueError("no generator conditions to run")
+        raise ConfigError("no generator conditions to run")
     out = Path(out_dir)
     job = t2i_job(out, rank=rank, world_size=world_size)
     todo = job.todo(work_items(list(generators), prompts, cfg), key=lambda it: (it[0], it[1].id, it[2]))

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from safeclip.data.quadruplets import read_rows
 from safeclip.eval.embed import encode_image_files
+from safeclip.errors import ConfigError, DataError, MissingFileError
 from safeclip.models.clip import ClipBundle, encode_images, encode_texts
 
 PROTOCOL = "zero-shot: prompt-ensembled class embeddings, top-1 accuracy on labelled safe images"
@@ -57,7 +58,7 @@ def zero_shot_accuracy(image_emb: torch.Tensor, class_text_emb: torch.Tensor, la
 def encode_class_prompts(bundle: ClipBundle, classnames: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
     """``(C, T, D)`` text embeddings of every template filled with every class name."""
     if not templates or any("{}" not in t for t in templates):
-        raise ValueError("zero-shot templates must be a non-empty list of strings with a '{}' for the class name")
+        raise ConfigError("zero-shot templates must be a non-empty list of strings with a '{}' for the class name")
     prompts = [t.format(c) for c in classnames for t in templates]
     emb = encode_texts(bundle.text, bundle.tokenizer, prompts)
     return emb.view(len(classnames), len(templates), -1)
@@ -70,7 +71,7 @@ def classify_images(bundle: ClipBundle, images: list | None, labels: Sequence[st
     index = {c: i for i, c in enumerate(classnames)}
     unknown = sorted({lab for lab in labels if lab not in index})
     if unknown:
-        raise ValueError(f"zero-shot: labels {unknown[:5]} are not among the class names {list(classnames)[:10]}")
+        raise DataError(f"zero-shot: labels {unknown[:5]} are not among the class names {list(classnames)[:10]}")
     if image_emb is None:
         image_emb = encode_images(bundle.vision, bundle.image_processor, images)
     return zero_shot_accuracy(image_emb, encode_class_prompts(bundle, classnames, templates),
@@ -93,7 +94,7 @@ def world_zero_shot(bundle: ClipBundle, world_dir: str | os.PathLike, *, split: 
     rows = read_rows(world / f"{split}.jsonl")
     rows = [r for r in rows if "attributes" in r]
     if not rows:
-        raise ValueError(f"{world / f'{split}.jsonl'} has no rows with 'attributes'; rebuild it with `safeclip world build`")
+        raise DataError(f"{world / f'{split}.jsonl'} has no rows with 'attributes'; rebuild it with `safeclip world build`")
     if max_images:
         rows = rows[:max_images]
     image_emb = encode_image_files(bundle.vision, bundle.image_processor, [world / r["safe_image"] for r in rows])
@@ -110,11 +111,11 @@ def folder_zero_shot(bundle: ClipBundle, folder: str | os.PathLike,
     """Accuracy (%) on an image folder laid out as ``folder/<class name>/<image>`` (real data)."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"zero-shot image folder {folder} does not exist (expected folder/<class>/<image>)")
+        raise MissingFileError(f"zero-shot image folder {folder} does not exist (expected folder/<class>/<image>)")
     classnames = sorted(p.name for p in folder.iterdir() if p.is_dir())
     files = [(c, p) for c in classnames for p in sorted((folder / c).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
     if len(classnames) < 2 or not files:
-        raise ValueError(f"{folder} needs at least two class sub-folders holding images")
+        raise DataError(f"{folder} needs at least two class sub-folders holding images")
     image_emb = encode_image_files(bundle.vision, bundle.image_processor, [p for _, p in files])  # streamed
     return classify_images(bundle, None, [c.replace("_", " ") for c, _ in files],
                            [c.replace("_", " ") for c in classnames], templates, image_emb=image_emb)

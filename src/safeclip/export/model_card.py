@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from safeclip.checkpoint import write_text_atomic
+from safeclip.errors import MissingFileError
 
 LOADING = {
     "hf": "```python\nfrom transformers import CLIPModel, CLIPProcessor\nmodel = CLIPModel.from_pretrained(\"{root}/hf\")\n"
@@ -73,7 +74,7 @@ def write_model_card(out: str | os.PathLike, *, base: str, targets: Sequence[str
     paths = [Path(r) for r in results]
     for p in paths:
         if not p.is_file():
-            raise FileNotFoundError(f"results file {p} not found (give a results.json written by `safeclip eval ...`)")
+            raise MissingFileError(f"results file {p} not found (give a results.json written by `safeclip eval ...`)")
     lines = [f"# {name}", "",
              "A CLIP model made safe with the Safe-CLIP recipe (Poppi et al., ECCV 2024): NSFW text and images "
              "are mapped next to their safe counterparts while safe inputs keep their embeddings.", "",

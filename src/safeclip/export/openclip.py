@@ -35,6 +35,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from safeclip.errors import DataError
+
 _BLOCK = {  # open_clip resblock key -> HF encoder layer key (non-attention parts)
     "ln_1.weight": "layer_norm1.weight", "ln_1.bias": "layer_norm1.bias",
     "ln_2.weight": "layer_norm2.weight", "ln_2.bias": "layer_norm2.bias",
@@ -66,7 +68,7 @@ def hf_to_openclip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             "text_projection.weight", "visual_projection.weight", "logit_scale")
     missing = [k for k in need if k not in state]
     if missing:
-        raise ValueError(f"not a Hugging Face CLIPModel state dict (missing {missing[0]}); export the merged model")
+        raise DataError(f"not a Hugging Face CLIPModel state dict (missing {missing[0]}); export the merged model")
     out = {
         "visual.conv1.weight": state["vision_model.embeddings.patch_embedding.weight"],
         "visual.class_embedding": state["vision_model.embeddings.class_embedding"],
@@ -121,7 +123,7 @@ def openclip_model_config(text_config, vision_config, projection_dim: int) -> di
     """open_clip ``model_cfg`` (the JSON open_clip's ``model_configs/*.json`` hold) for HF CLIP sub-configs."""
     for cfg, what in ((text_config, "text"), (vision_config, "vision")):
         if cfg.hidden_act not in ("quick_gelu", "gelu"):
-            raise ValueError(f"{what} activation {cfg.hidden_act!r} has no open_clip equivalent (quick_gelu or gelu)")
+            raise DataError(f"{what} activation {cfg.hidden_act!r} has no open_clip equivalent (quick_gelu or gelu)")
     return {
         "embed_dim": int(projection_dim),
         "quick_gelu": vision_config.hidden_act == "quick_gelu",

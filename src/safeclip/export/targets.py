@@ -19,6 +19,7 @@ from pathlib import Path
 from peft import PeftModel
 from transformers import CLIPVisionModel
 
+from safeclip.errors import ConfigError
 from safeclip.models.clip import ClipBundle
 from safeclip.export.stable_diffusion import export_stable_diffusion
 from safeclip.models.lora import merge_adapters, save_adapters, save_merged_clip
@@ -46,13 +47,13 @@ def export_model(bundle: ClipBundle, out_dir: str | os.PathLike, targets=DEFAULT
     """
     unknown = set(targets) - set(EXPORT_TARGETS)
     if unknown:
-        raise ValueError(f"unknown export target(s) {sorted(unknown)}; choose from {', '.join(EXPORT_TARGETS)}")
+        raise ConfigError(f"unknown export target(s) {sorted(unknown)}; choose from {', '.join(EXPORT_TARGETS)}")
     out = Path(out_dir)
     written: dict[str, Path] = {}
     for target in targets:
         if target == "adapters":
             if not any(isinstance(m, PeftModel) for m in (bundle.text, bundle.vision)):
-                raise ValueError("the model has no adapters to export (a merged folder?); give a run folder or "
+                raise ConfigError("the model has no adapters to export (a merged folder?); give a run folder or "
                                  "--model BASE --adapters DIR, or leave 'adapters' out of --targets")
             written[target] = save_adapters(bundle, out / "adapters")
         elif target == "hf":

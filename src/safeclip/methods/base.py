@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safeclip.errors import ConfigError
 from safeclip.models.clip import ClipBundle
 
 # name -> "module:function"; imported lazily so listing names stays cheap.
@@ -77,7 +78,7 @@ Method = Callable[[MethodInputs], ClipBundle]
 def get_method(name: str) -> Method:
     """The method registered as ``name``; an unknown name raises ValueError listing the known ones."""
     if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHOD_NAMES)}")
+        raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(METHOD_NAMES)}")
     module, function = METHODS[name].split(":")
     return getattr(importlib.import_module(module), function)
 

@@ -55,6 +55,7 @@ from safeclip.checkpoint import write_json_atomic
 from safeclip.data import read_quadruplets
 from safeclip.data.loader import QuadrupletCollator, QuadrupletDataset
 from safeclip.data.quadruplets import MODALITIES
+from safeclip.errors import ConfigError, DataError
 from safeclip.eval.embed import embed_quadruplets
 from safeclip.losses import preservation_contrastive_loss, preservation_cosine_loss
 from safeclip.methods.base import MethodInputs, parse_method_overrides
@@ -89,15 +90,15 @@ class SaferClipConfig:
 
     def validate(self) -> SaferClipConfig:
         if self.image_target not in {"nearest", "paired"}:
-            raise ValueError("safer-clip image_target must be 'nearest' or 'paired'")
+            raise ConfigError("safer-clip image_target must be 'nearest' or 'paired'")
         if self.curriculum_by not in {"text", "image", "both"}:
-            raise ValueError("safer-clip curriculum_by must be 'text', 'image' or 'both'")
+            raise ConfigError("safer-clip curriculum_by must be 'text', 'image' or 'both'")
         if self.negative not in {"trained", "frozen"}:
-            raise ValueError("safer-clip negative must be 'trained' or 'frozen'")
+            raise ConfigError("safer-clip negative must be 'trained' or 'frozen'")
         if self.easy not in {"similar", "dissimilar"}:
-            raise ValueError("safer-clip easy must be 'similar' or 'dissimilar'")
+            raise ConfigError("safer-clip easy must be 'similar' or 'dissimilar'")
         if self.lr <= 0 or self.lora_r <= 0 or self.relative_scale <= 0 or self.temperature <= 0:
-            raise ValueError("safer-clip lr, lora_r, relative_scale and temperature must be > 0")
+            raise ConfigError("safer-clip lr, lora_r, relative_scale and temperature must be > 0")
         return self
 
 
@@ -119,7 +120,7 @@ def proximity_targets(unsafe_ref: torch.Tensor, safe_ref: torch.Tensor, *, exclu
     """
     n, m = len(unsafe_ref), len(safe_ref)
     if exclude_own_pair and (n != m or n < 2):
-        raise ValueError("exclude_own_pair needs aligned unsafe and safe rows (N == M >= 2)")
+        raise ConfigError("exclude_own_pair needs aligned unsafe and safe rows (N == M >= 2)")
     safe_unit = F.normalize(safe_ref.float(), dim=-1)  # (M, D)
     rows = max(1, chunk_elements // max(m, 1))
     chosen = torch.empty(n, dtype=torch.long)
@@ -224,7 +225,7 @@ def run_safer_clip(inputs: MethodInputs) -> ClipBundle:
         records = records[: budget.max_rows]
     missing = [m for m in MODALITIES if m not in report.modalities]
     if missing:
-        raise ValueError(f"safer-clip needs all four modalities in {inputs.train}; missing: {', '.join(missing)}")
+        raise DataError(f"safer-clip needs all four modalities in {inputs.train}; missing: {', '.join(missing)}")
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     bundle.text.to(device)
     bundle.vision.to(device)

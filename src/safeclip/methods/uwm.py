@@ -56,6 +56,7 @@ from safeclip.checkpoint import write_json_atomic
 from safeclip.data import read_quadruplets
 from safeclip.data.loader import QuadrupletCollator, QuadrupletDataset
 from safeclip.data.quadruplets import MODALITIES
+from safeclip.errors import ConfigError, DataError, MissingFileError
 from safeclip.methods.base import MethodInputs, parse_method_overrides
 from safeclip.models.clip import ClipBundle, load_clip
 
@@ -82,9 +83,9 @@ class UwmConfig:
 
     def validate(self) -> UwmConfig:
         if not 0.0 < self.sparsity < 1.0:
-            raise ValueError("uwm sparsity must lie in (0, 1) (paper: 0.98)")
+            raise ConfigError("uwm sparsity must lie in (0, 1) (paper: 0.98)")
         if not (self.edit_text or self.edit_vision):
-            raise ValueError("uwm: at least one of edit_text / edit_vision must be true")
+            raise ConfigError("uwm: at least one of edit_text / edit_vision must be true")
         return self
 
 
@@ -127,7 +128,7 @@ def named_linears(encoder: torch.nn.Module, names: str) -> dict[str, torch.nn.Li
     found = {name: mod for name, mod in encoder.named_modules()
              if isinstance(mod, torch.nn.Linear) and name.rsplit(".", 1)[-1] in wanted}
     if not found:
-        raise ValueError(f"no Linear layers named {sorted(wanted)} in {type(encoder).__name__}; "
+        raise ConfigError(f"no Linear layers named {sorted(wanted)} in {type(encoder).__name__}; "
                          "check uwm text_layers / vision_layers")
     return found
 
@@ -203,7 +204,7 @@ def select_by_mass(score: torch.Tensor, sparsity: float) -> torch.Tensor:
     flat = score.flatten().double()
     total = flat.sum()
     if not torch.isfinite(total) or total <= 0:
-        raise ValueError("uwm scores must be finite and positive; the calibration data may be degenerate")
+        raise DataError("uwm scores must be finite and positive; the calibration data may be degenerate")
     values, order = torch.sort(flat / total)
     return order[torch.cumsum(values, 0) > sparsity].sort().values
 
@@ -234,7 +235,7 @@ class WeightEdit:
             flat = _module(bundle, key).weight.view(-1)
             idx, original = idx.to(flat.device), self.original[key].to(flat.device, flat.dtype)
             if not torch.equal(flat[idx], original):
-                raise ValueError(f"UWM edit of {key} was computed for other weights: load the base model it was "
+                raise DataError(f"UWM edit of {key} was computed for other weights: load the base model it was "
                                  "calibrated on (or rerun the calibration)")
             flat[idx] = original * self.alpha
         self.applied = True
@@ -266,7 +267,7 @@ class WeightEdit:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"UWM edit {path} does not exist; run the uwm method to create it")
+            raise MissingFileError(f"UWM edit {path} does not exist; run the uwm method to create it")
         with safe_open(str(path), "pt") as f:
             alpha = float(f.metadata()["alpha"])
         tensors = load_file(str(path))
@@ -300,12 +301,12 @@ def category_groups(records: list, categories: str) -> dict[str, list]:
     for record in records:
         by_category.setdefault(record.category, []).append(record)
     if "" in by_category:
-        raise ValueError(f"uwm categories={categories!r} needs a category on every calibration row; "
+        raise DataError(f"uwm categories={categories!r} needs a category on every calibration row; "
                          f"{len(by_category[''])} rows have none (add a 'category' column or leave categories empty)")
     wanted = sorted(by_category) if categories == "each" else [c.strip() for c in categories.split(",") if c.strip()]
     unknown = [c for c in wanted if c not in by_category]
     if unknown:
-        raise ValueError(f"uwm categories: no calibration pairs of {', '.join(map(repr, unknown))}; the calibration "
+        raise ConfigError(f"uwm categories: no calibration pairs of {', '.join(map(repr, unknown))}; the calibration "
                          f"rows hold {', '.join(sorted(by_category))} (or use categories=each)")
     return {c: by_category[c] for c in wanted}
 
@@ -369,7 +370,7 @@ def run_uwm(inputs: MethodInputs) -> ClipBundle:
     records, report = read_quadruplets(Path(inputs.train))
     missing = [m for m in MODALITIES if m not in report.modalities]
     if missing:
-        raise ValueError(f"uwm calibration needs (safe, unsafe) pairs of both modalities in {inputs.train}; "
+        raise DataError(f"uwm calibration needs (safe, unsafe) pairs of both modalities in {inputs.train}; "
                          f"missing: {', '.join(missing)}")
     key = reuse_key(inputs, cfg, bundle)
     rows = inputs.budget.calibration_rows

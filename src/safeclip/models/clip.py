@@ -32,6 +32,8 @@ from transformers import (
 )
 from transformers.utils import is_torchvision_available
 
+from safeclip.errors import UserError
+
 # CLIP's preprocessing: the torchvision backend when torchvision is installed, else the PIL one (the same
 # numbers, and both save as "CLIPImageProcessor"); naming it avoids transformers' fallback warning per load.
 if is_torchvision_available():
@@ -56,7 +58,7 @@ PROCESSOR_FALLBACKS: dict[str, str] = {
 }
 
 
-class ClipLoadError(ValueError):
+class ClipLoadError(UserError, ValueError):
     """A model name or folder that cannot be loaded as a CLIP checkpoint."""
 
 

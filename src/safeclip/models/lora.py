@@ -19,6 +19,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import CLIPConfig, CLIPModel
 
+from safeclip.errors import MissingFileError
 from safeclip.models.clip import ClipBundle
 
 TEXT_ADAPTER_DIR = "text_adapter"
@@ -74,7 +75,7 @@ def apply_adapters(bundle: ClipBundle, adapter_dir: str | os.PathLike, *, traina
     """Return a bundle whose encoders carry the adapters in ``adapter_dir`` (a copy; ``bundle`` is untouched)."""
     adapter_dir = Path(adapter_dir)
     if not has_adapters(adapter_dir):
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{adapter_dir} holds no Safe-CLIP adapters (expected {TEXT_ADAPTER_DIR}/ or {VISION_ADAPTER_DIR}/, "
             "as written by `safeclip train` in <run>/best/ or by `safeclip export --adapters`)."
         )

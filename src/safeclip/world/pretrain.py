@@ -27,6 +27,7 @@ from transformers import CLIPModel
 
 from safeclip.checkpoint import write_folder_atomic, write_json_atomic
 from safeclip.data.quadruplets import read_rows
+from safeclip.errors import ConfigError
 from safeclip.models.clip import quiet_image_processor_warning, tiny_clip_config, tiny_image_processor
 from safeclip.models.tokenizer import train_clip_tokenizer
 from safeclip.world.scenes import IMAGE_SIZE
@@ -59,9 +60,9 @@ class PretrainSettings:
 
     def __post_init__(self) -> None:
         if self.text_padding not in ("longest", "max_length"):
-            raise ValueError(f"text_padding must be 'longest' or 'max_length', not {self.text_padding!r}")
+            raise ConfigError(f"text_padding must be 'longest' or 'max_length', not {self.text_padding!r}")
         if self.batch_pairs not in ("scene", "random"):
-            raise ValueError(f"batch_pairs must be 'scene' or 'random', not {self.batch_pairs!r}")
+            raise ConfigError(f"batch_pairs must be 'scene' or 'random', not {self.batch_pairs!r}")
 
 
 # Settings added after base folders were first built, with the value that reproduces those builds: at that
