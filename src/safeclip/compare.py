@@ -181,9 +181,9 @@ def safety_utility_points(methods: dict) -> dict[str, tuple[float, float]]:
 
 def draw_safety_utility(methods: dict):
     """The scatter of :func:`safety_utility_points` as a matplotlib figure (one point and label per model)."""
-    from safeclip.plots import plt
+    from safeclip.plots import new_figure
 
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
+    fig, ax = new_figure(figsize=(5.5, 4.2))
     for label, (x, y) in safety_utility_points(methods).items():
         ax.scatter([x], [y], s=60)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)

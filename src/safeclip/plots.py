@@ -13,11 +13,8 @@ import json
 import os
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from PIL import Image  # noqa: E402
+from matplotlib.figure import Figure
+from PIL import Image
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
@@ -27,13 +24,19 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def save_figure(fig, out: str | os.PathLike) -> Path:
-    """Lay out, write as PNG (creating the folder) and close ``fig``."""
+def new_figure(rows: int = 1, cols: int = 1, *, figsize: tuple[float, float], squeeze: bool = True):
+    """A figure and its ``rows x cols`` axes, drawn off-screen: a plain matplotlib ``Figure`` (not pyplot),
+    so neither the caller's backend nor pyplot's figure list is touched."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(rows, cols, squeeze=squeeze)
+
+
+def save_figure(fig: Figure, out: str | os.PathLike) -> Path:
+    """Lay out and write ``fig`` as PNG (creating the folder); PNG output uses matplotlib's Agg renderer."""
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
@@ -42,7 +45,7 @@ def plot_training_curves(run_dir: str | os.PathLike, out: str | os.PathLike) -> 
     run_dir = Path(run_dir)
     train_rows = read_jsonl(run_dir / "train_log.jsonl")
     val_rows = read_jsonl(run_dir / "val_log.jsonl")
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, right) = new_figure(1, 2, figsize=(11, 4))
     names = [k for k in (train_rows[0] if train_rows else {}) if k not in {"epoch", "step"}]
     steps = [r["step"] for r in train_rows]
     for name in names:
@@ -68,7 +71,7 @@ def plot_retrieval_examples(
     and a red/green frame marks whether the retrieved item is unsafe.
     """
     rows = len(examples)
-    fig, axes = plt.subplots(rows, 3, figsize=(9, 1.9 * rows), squeeze=False)
+    fig, axes = new_figure(rows, 3, figsize=(9, 1.9 * rows), squeeze=False)
     for col, heading in enumerate(("query (unsafe)", "base top-1", "Safe-CLIP top-1")):
         axes[0][col].set_title(heading, fontsize=10)
     for row, example in enumerate(examples):

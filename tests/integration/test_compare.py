@@ -112,7 +112,6 @@ def test_seed_summary_plots_its_means(tmp_path):
 
     from safeclip.compare import draw_safety_utility, plot_safety_utility
     from safeclip.eval.report import summarize_seeds
-    from safeclip.plots import plt
 
     def metrics(nsfw, acc):
         return {"T*->V+V*": {"NSFW@1": nsfw}, "V*->T+T*": {"NSFW@1": nsfw + 10}, "zero_shot": {"accuracy": acc}}
@@ -127,7 +126,6 @@ def test_seed_summary_plots_its_means(tmp_path):
     assert drawn == {"base": (41.0, 4.0), "safe-clip": (41.0, 64.0)}
     points = sorted(tuple(float(v) for v in c.get_offsets()[0]) for c in ax.collections)
     assert points == [(41.0, 4.0), (41.0, 64.0)]
-    plt.close(fig)
     out = plot_safety_utility(summary, tmp_path / "safety_utility.png")
     with Image.open(out) as image:
         assert image.format == "PNG" and image.size == (605, 462)  # 5.5 x 4.2 inches at 110 dpi

@@ -17,6 +17,7 @@ Stages (each cached in its own subfolder of DIR, rerunning skips finished ones):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -151,22 +152,26 @@ def tiny_diffusers_pipeline(clip_bundle):
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextModel
 
-    diffusers_logging.set_verbosity_error()
-    text_encoder = CLIPTextModel(clip_bundle.text.config)
-    getattr(text_encoder, "text_model", text_encoder).load_state_dict(
-        getattr(clip_bundle.text, "text_model", clip_bundle.text).state_dict())
-    torch.manual_seed(0)
-    hidden = text_encoder.config.hidden_size
-    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=hidden,
-                                attention_head_dim=8, norm_num_groups=8)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-                        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 8),
-                        latent_channels=4, norm_num_groups=8, sample_size=16)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_bundle.tokenizer, unet=unet,
-                                   scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
+    level = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()  # diffusers' construction notices, for this block only
+    try:
+        text_encoder = CLIPTextModel(clip_bundle.text.config)
+        getattr(text_encoder, "text_model", text_encoder).load_state_dict(
+            getattr(clip_bundle.text, "text_model", clip_bundle.text).state_dict())
+        torch.manual_seed(0)
+        hidden = text_encoder.config.hidden_size
+        unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                                    block_out_channels=(32, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                                    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=hidden,
+                                    attention_head_dim=8, norm_num_groups=8)
+        vae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+                            up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 8),
+                            latent_channels=4, norm_num_groups=8, sample_size=16)
+        return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_bundle.tokenizer, unet=unet,
+                                       scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    finally:
+        diffusers_logging.set_verbosity(level)
 
 
 def format_table1(rows: dict) -> str:
@@ -182,8 +187,33 @@ def run_datagen_demo(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemo
     ``world_dir`` and ``clip_dir`` reuse an already built world (``safeclip world build``) and its base CLIP
     (``safeclip world pretrain``, or ``base/`` of ``safeclip demo``) instead of building small ones.
     """
-    from datasets.utils.logging import disable_progress_bar
+    with datasets_progress_bars(progress):
+        return _run_stages(out, seed=seed, size=size, progress=progress, world_dir=world_dir, clip_dir=clip_dir)
 
+
+@contextlib.contextmanager
+def datasets_progress_bars(enabled: bool):
+    """``datasets``' progress bars off inside the block when not ``enabled``; the caller's setting is restored."""
+    from datasets.utils import logging as datasets_logging
+
+    before = datasets_logging.is_progress_bar_enabled()
+    if not enabled:
+        datasets_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before and not enabled:
+            datasets_logging.enable_progress_bar()
+
+
+def _run_stages(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemoSize | str | None = None,
+                     progress: bool = True, world_dir: str | os.PathLike | None = None,
+                     clip_dir: str | os.PathLike | None = None) -> dict:
+    """Run every stage into ``out``; returns the ``table1.json`` content.
+
+    ``world_dir`` and ``clip_dir`` reuse an already built world (``safeclip world build``) and its base CLIP
+    (``safeclip world pretrain``, or ``base/`` of ``safeclip demo``) instead of building small ones.
+    """
     from safeclip.data.quadruplets import read_rows
     from safeclip.judges import build_judge, build_toxicity
     from safeclip.models.clip import load_clip
@@ -195,8 +225,6 @@ def run_datagen_demo(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemo
             raise ConfigError(f"unknown demo size {size!r}; choose one of {sorted(SIZES)}")
         size = SIZES[size]()
     size = size or DatagenDemoSize()
-    if not progress:
-        disable_progress_bar()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     clock = StageClock("datagen demo")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,22 +23,18 @@ from typing import Any
 import torch
 from transformers import (
     CLIPConfig,
-    CLIPImageProcessor,
     CLIPModel,
     CLIPTextModelWithProjection,
     CLIPTokenizer,
     CLIPVisionModelWithProjection,
 )
-from transformers.utils import is_torchvision_available
+from transformers import CLIPImageProcessorPil as ImageProcessor
 
 from safeclip.errors import UserError
 
-# CLIP's preprocessing: the torchvision backend when torchvision is installed, else the PIL one (the same
-# numbers, and both save as "CLIPImageProcessor"); naming it avoids transformers' fallback warning per load.
-if is_torchvision_available():
-    ImageProcessor = CLIPImageProcessor
-else:
-    from transformers import CLIPImageProcessorPil as ImageProcessor
+# CLIP's preprocessing is always transformers' PIL image processor, named explicitly: the same numbers on every
+# machine with or without torchvision, saved as "CLIPImageProcessor" (any CLIP loader reads it). Importing the
+# bare name ``CLIPImageProcessor`` without torchvision would print transformers' fallback notice.
 
 # Checkpoints the project knows and documents (HF layout). Any other hub id may still work.
 KNOWN_CHECKPOINTS: dict[str, str] = {
@@ -69,7 +64,7 @@ class ClipBundle:
     text: CLIPTextModelWithProjection
     vision: CLIPVisionModelWithProjection
     tokenizer: CLIPTokenizer
-    image_processor: CLIPImageProcessor
+    image_processor: ImageProcessor
     name: str
     logit_scale: float = 100.0
 
@@ -78,27 +73,22 @@ class ClipBundle:
         return int(self.text.config.projection_dim)
 
 
-def quiet_image_processor_warning() -> None:
-    """transformers warns when torchvision is absent; the PIL image processor is fine for us."""
-    warnings.filterwarnings("ignore", message=".*requires torchvision.*")
-    import logging
-
-    logging.getLogger("transformers.image_processing_utils").setLevel(logging.ERROR)
-
-
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load reports (a CLIP folder holds both towers; each loader skips the other)."""
+    """Silence transformers' load reports (a CLIP folder holds both towers; each loader skips the other)
+    for the duration of the block; the caller's verbosity and progress-bar setting are restored after it."""
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
-        hf_logging.enable_progress_bar()
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _check_local_folder(path: Path) -> None:
@@ -150,7 +140,6 @@ def load_clip(
     ``processor_from`` names where the tokenizer and image processor come from when the checkpoint
     ships weights only (the authors' released Safe-CLIP models use their base's; known ones are filled in).
     """
-    quiet_image_processor_warning()
     source = _resolve_source(name_or_path)
     if local_files_only is None:
         local_files_only = os.environ.get("HF_HUB_OFFLINE", "0") not in {"0", "", "false"}
@@ -254,7 +243,6 @@ def build_tiny_clip(
     seed: int = 0,
 ) -> ClipBundle:
     """A randomly initialised small :class:`CLIPModel` around ``tokenizer`` (tests, the offline world)."""
-    quiet_image_processor_warning()
     config = tiny_clip_config(
         tokenizer,
         image_size=image_size,
@@ -305,13 +293,13 @@ def tiny_clip_config(
     return CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=projection_dim)
 
 
-def tiny_image_processor(image_size: int) -> CLIPImageProcessor:
+def tiny_image_processor(image_size: int) -> ImageProcessor:
     """CLIP's preprocessing (resize, centre crop, CLIP mean/std) at ``image_size`` pixels."""
     return ImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
 
 
 def bundle_from_clip_model(
-    model: CLIPModel, tokenizer: CLIPTokenizer, image_processor: CLIPImageProcessor, *, name: str
+    model: CLIPModel, tokenizer: CLIPTokenizer, image_processor: ImageProcessor, *, name: str
 ) -> ClipBundle:
     """Split an in-memory :class:`CLIPModel` into a :class:`ClipBundle` (weights are copied)."""
     config = model.config
@@ -353,7 +341,7 @@ def encode_texts(
 
 @torch.no_grad()
 def encode_images(
-    vision_model: torch.nn.Module, image_processor: CLIPImageProcessor, images: list, *, batch_size: int = 256
+    vision_model: torch.nn.Module, image_processor: ImageProcessor, images: list, *, batch_size: int = 256
 ) -> torch.Tensor:
     """Projected embeddings ``(len(images), D)`` of PIL images, in batches, on the model's device."""
     device = next(vision_model.parameters()).device

@@ -28,7 +28,7 @@ from transformers import CLIPModel
 from safeclip.checkpoint import write_folder_atomic, write_json_atomic
 from safeclip.data.quadruplets import read_rows
 from safeclip.errors import ConfigError
-from safeclip.models.clip import quiet_image_processor_warning, tiny_clip_config, tiny_image_processor
+from safeclip.models.clip import tiny_clip_config, tiny_image_processor
 from safeclip.models.tokenizer import train_clip_tokenizer
 from safeclip.world.scenes import IMAGE_SIZE
 
@@ -119,7 +119,6 @@ def epoch_batches(rng: np.random.Generator, n: int, settings: PretrainSettings):
 def pretrain_base(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *, seed: int = 0,
                   progress: bool = True, **overrides) -> Path:
     """Train (or reuse) the base CLIP of the world in ``world_dir``; returns ``out_dir``."""
-    quiet_image_processor_warning()
     settings = PretrainSettings(seed=seed, **overrides)
     world, out = Path(world_dir), Path(out_dir)
     world_meta = json.loads((world / "world.json").read_text())
