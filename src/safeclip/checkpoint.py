@@ -27,7 +27,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from safeclip.errors import UserError
-from safeclip.jobs import cut_torn_line, read_records
+from safeclip.jsonl import cut_torn_line, read_records
 
 
 class RunError(UserError):

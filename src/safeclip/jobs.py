@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+from safeclip.checkpoint import write_text_atomic
 from safeclip.errors import DataError
+from safeclip.jsonl import cut_torn_line, read_records
 
 Item = TypeVar("Item")
 
@@ -39,31 +41,6 @@ def process_state():
     from accelerate import PartialState
 
     return PartialState(cpu=not torch.cuda.is_available())
-
-
-def cut_torn_line(path: Path) -> None:
-    """Truncate ``path`` after its last newline: drops the half-written last record of a killed run."""
-    if not path.is_file():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
-
-
-def read_records(paths: Iterable[Path]) -> list[dict]:
-    """Every complete JSON line of ``paths`` in order; blank lines and torn (unparseable) lines are skipped."""
-    rows = []
-    for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue
-    return rows
 
 
 class PartsJob:
@@ -143,6 +120,4 @@ class PartsJob:
 
     def merge(self, keys: Sequence[Hashable], target: str | os.PathLike, **message) -> Path:
         """Write :meth:`ordered` as one JSONL file, atomically; returns its path."""
-        from safeclip.checkpoint import write_text_atomic
-
         return write_text_atomic(target, "".join(json.dumps(r) + "\n" for r in self.ordered(keys, **message)))

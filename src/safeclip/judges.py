@@ -29,6 +29,7 @@ from typing import Callable, Protocol, runtime_checkable
 
 from safeclip.config import _f
 from safeclip.errors import ConfigError, DataError, MissingFileError
+from safeclip.jsonl import read_records
 
 
 JUDGE_FORMS = ('"lexicon"', '"lexicon:PATH"', '"hf:NAME_OR_DIR[@LABEL]"', '"openai:MODEL@BASE_URL"')
@@ -297,8 +298,6 @@ class OpenAIChatJudge:
         self.replies: dict[str, dict] = {}
         self._lock = threading.Lock()
         if self.settings.cache and Path(self.settings.cache).is_file():
-            from safeclip.jobs import read_records
-
             self.replies = {r["text"]: r for r in read_records([Path(self.settings.cache)]) if "text" in r}
 
     def ask(self, text: str) -> dict:

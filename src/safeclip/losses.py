@@ -32,15 +32,21 @@ def cosine_matrix(a: Tensor, b: Tensor) -> Tensor:
         return F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T
 
 
-def symmetric_info_nce(a: Tensor, b: Tensor, temperature: float) -> Tensor:
+def symmetric_info_nce(a: Tensor, b: Tensor, temperature: float | None = None, *,
+                       logit_scale: Tensor | None = None) -> Tensor:
     """Mean CE over rows plus mean CE over columns of ``cos(a_i, b_j) / tau``; pairs are (a_i, b_i).
 
     For each ``i``: -log softmax_j(cos(a_j, b_i)/tau)[i]  (softmax over the a's for a fixed b_i)
     and -log softmax_j(cos(a_i, b_j)/tau)[i]  (softmax over the b's for a fixed a_i); each averaged
-    over i and the two means summed, matching one two-sum bracket of Eq. 4 / Eq. 7.
+    over i and the two means summed, matching one two-sum bracket of Eq. 4 / Eq. 7. Half of it is CLIP's own
+    pretraining loss (Radford et al., 2021), where a learnt ``logit_scale`` = 1/tau multiplies the cosines
+    (give either ``temperature`` or ``logit_scale``).
     """
     with torch.autocast(device_type=a.device.type, enabled=False):
-        logits = cosine_matrix(a, b) / temperature  # (N, N); rows: a_i, columns: b_j
+        if logit_scale is None:
+            logits = cosine_matrix(a, b) / temperature  # (N, N); rows: a_i, columns: b_j
+        else:  # CLIP's order of operations: the scale multiplies the unit rows of a, then the product
+            logits = (logit_scale * F.normalize(a.float(), dim=-1)) @ F.normalize(b.float(), dim=-1).T
         targets = torch.arange(logits.shape[0], device=logits.device)
         return F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)
 

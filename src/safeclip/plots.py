@@ -9,19 +9,13 @@ results.json); these functions only draw.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from matplotlib.figure import Figure
 from PIL import Image
 
-
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+from safeclip.jsonl import read_jsonl
 
 
 def new_figure(rows: int = 1, cols: int = 1, *, figsize: tuple[float, float], squeeze: bool = True):
@@ -43,8 +37,8 @@ def save_figure(fig: Figure, out: str | os.PathLike) -> Path:
 def plot_training_curves(run_dir: str | os.PathLike, out: str | os.PathLike) -> Path:
     """Per-term losses against steps (left) and the validation recall sum per epoch (right)."""
     run_dir = Path(run_dir)
-    train_rows = read_jsonl(run_dir / "train_log.jsonl")
-    val_rows = read_jsonl(run_dir / "val_log.jsonl")
+    train_rows, val_rows = (read_jsonl(path) if path.is_file() else []
+                            for path in (run_dir / "train_log.jsonl", run_dir / "val_log.jsonl"))
     fig, (left, right) = new_figure(1, 2, figsize=(11, 4))
     names = [k for k in (train_rows[0] if train_rows else {}) if k not in {"epoch", "step"}]
     steps = [r["step"] for r in train_rows]

@@ -36,6 +36,7 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 
 from safeclip.data.errors import DataError
+from safeclip.jsonl import parse_json, read_jsonl, read_text
 
 MODALITIES = ("safe_text", "unsafe_text", "safe_image", "unsafe_image")
 COCO_SPLITS = ("train2017", "val2017", "test2017")
@@ -113,34 +114,6 @@ def detect_format(path: Path) -> str:
     return "visu-text" if data and "nsfw" in data[0] and "safe_text" not in data[0] else "table"
 
 
-def read_text(path: Path) -> str:
-    """The file as UTF-8 text; a byte that is not UTF-8 is named with its line."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data[:err.start].count(b"\n") + 1
-        raise DataError(f"{path} line {line} (byte offset {err.start}): byte 0x{data[err.start]:02x} is not UTF-8 text; "
-                        "save the file as UTF-8") from err
-
-
-def unique_keys(where: str):
-    """A ``json`` object hook that refuses a key given twice in one object (the parser would keep the last)."""
-    def hook(pairs: list[tuple[str, object]]) -> dict:
-        seen: dict = {}
-        for key, value in pairs:
-            if key in seen:
-                raise DataError(f"{where}: key {key!r} appears twice in one JSON object; one of the rows would be lost. "
-                                "Give every row its own key")
-            seen[key] = value
-        return seen
-    return hook
-
-
-def parse_json(text: str, where: str):
-    return json.loads(text, object_pairs_hook=unique_keys(where))
-
-
 def _first_jsonl_row(path: Path) -> dict:
     for lineno, line in enumerate(read_text(path).splitlines(), 1):
         if line.strip():
@@ -161,15 +134,7 @@ def read_rows(path: Path) -> list[dict]:
     if suffix == ".csv":
         return [dict(r) for r in csv.DictReader(io.StringIO(read_text(path), newline=""))]
     if suffix == ".jsonl":
-        rows = []
-        for lineno, line in enumerate(read_text(path).splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(parse_json(line, f"{path} line {lineno}"))
-            except json.JSONDecodeError as err:
-                raise DataError(f"{path} line {lineno} is not valid JSON ({err})") from err
-        return rows
+        return read_jsonl(path)
     data = _load_json(path)
     if isinstance(data, dict):
         data = data.get("data", data)

@@ -11,7 +11,6 @@ unsafe text; SFT and DPO (``sft.py``, ``dpo.py``) then turn it into an NSFW gene
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -25,6 +24,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from safeclip.checkpoint import write_json_atomic
 from safeclip.datagen.prompts import TEMPLATE, format_prompt
+from safeclip.schedule import warmup_cosine_schedule
 from safeclip.world.categories import CATEGORIES
 
 EOS = "<|endoftext|>"
@@ -87,8 +87,7 @@ def pretrain_world_lm(safe_captions: list[str], vocabulary_texts: list[str], out
     model = build_world_lm(tokenizer, settings)
     rng = random.Random(settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / 20) * 0.5 * (1 + math.cos(math.pi * s / settings.steps)))
+    schedule = warmup_cosine_schedule(optimizer, warmup_steps=20, total_steps=settings.steps)
     model.train()
     losses = []
     for step in tqdm(range(settings.steps), desc="world LM (safe only)", disable=not progress):

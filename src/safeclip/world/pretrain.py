@@ -12,7 +12,6 @@ captions, a CLIPImageProcessor) that :func:`safeclip.models.load_clip` loads lik
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -20,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 from transformers import CLIPModel
@@ -28,8 +26,10 @@ from transformers import CLIPModel
 from safeclip.checkpoint import write_folder_atomic, write_json_atomic
 from safeclip.data.quadruplets import read_rows
 from safeclip.errors import ConfigError
+from safeclip.losses import symmetric_info_nce
 from safeclip.models.clip import tiny_clip_config, tiny_image_processor
 from safeclip.models.tokenizer import train_clip_tokenizer
+from safeclip.schedule import warmup_cosine_schedule
 from safeclip.world.scenes import IMAGE_SIZE
 
 
@@ -94,13 +94,6 @@ def pixel_tensor(paths: list[Path], image_processor) -> torch.Tensor:
     return (pixels - mean) / std
 
 
-def clip_loss(text: torch.Tensor, image: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE of CLIP over aligned ``(B, D)`` text and image embeddings."""
-    logits = logit_scale.exp().clamp(max=100) * F.normalize(text, dim=-1) @ F.normalize(image, dim=-1).T
-    targets = torch.arange(len(text))
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-
-
 def epoch_batches(rng: np.random.Generator, n: int, settings: PretrainSettings):
     """One epoch's batches as indices into the ``2n`` pairs (safe ``i``, unsafe ``n + i``), in the
     ``settings.batch_pairs`` way: each scene's two pairs side by side, or pairs drawn at random."""
@@ -143,8 +136,7 @@ def pretrain_base(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *, s
     steps_per_epoch = n // (settings.batch_size // 2)
     total_steps = steps_per_epoch * settings.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / settings.warmup_steps)
-                                                 * 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    schedule = warmup_cosine_schedule(optimizer, warmup_steps=settings.warmup_steps, total_steps=total_steps)
     log = []
     model.train()
     with tqdm(total=total_steps, desc="pretrain base CLIP", disable=not progress) as bar:
@@ -152,7 +144,8 @@ def pretrain_base(world_dir: str | os.PathLike, out_dir: str | os.PathLike, *, s
             for step, index in enumerate(epoch_batches(rng, n, settings)):
                 outputs = model(input_ids=texts["input_ids"][index], attention_mask=texts["attention_mask"][index],
                             pixel_values=pixels[index])
-                loss = clip_loss(outputs.text_embeds, outputs.image_embeds, model.logit_scale)
+                scale = model.logit_scale.exp().clamp(max=100)  # CLIP's learnt inverse temperature, capped at 100
+                loss = symmetric_info_nce(outputs.text_embeds, outputs.image_embeds, logit_scale=scale) / 2
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
