@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in COMMAND_GROUPS:
         importlib.import_module(module_name).register(subparsers)
+    from safeclip.commands.options import show_defaults
+
+    show_defaults(parser)  # every option's --help line ends with its default
     return parser
 
 

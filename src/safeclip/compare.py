@@ -34,7 +34,7 @@ from pathlib import Path
 
 from safeclip.attacks.retrieval import RobustnessSettings, robustness_metrics
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
-from safeclip.config import TrainConfig
+from safeclip.config import Settings, TrainConfig, section, setting
 from safeclip.data import read_quadruplets
 from safeclip.distributed import resolve_device
 from safeclip.errors import ConfigError
@@ -55,23 +55,19 @@ HYSAC_CAPTION = ("HySAC rows rank by hyperbolic distance; hysac+traversal moves 
                  "traversal first (bounds: 95th percentiles of the validation split's distances to the origin)")
 
 
-def _section(factory, help: str):
-    return field(default_factory=factory, metadata={"help": help})
-
-
 @dataclass
-class PipelineSize:
+class PipelineSize(Settings):
     """How big the offline stages shared by ``safeclip demo`` and ``safeclip compare`` are.
 
     A settings tree of ``safeclip.config`` (YAML and dotted overrides such as ``world.n_train=2000``,
     ``budget.epochs=1``, ``safe_clip.lora.r=8``). The defaults take ~10 minutes on 2 CPU cores for the demo.
     """
 
-    world: WorldSize = _section(WorldSize, "Sizes of the miniature world's splits and pools (build_world).")
-    pretrain: PretrainSettings = _section(PretrainSettings, "Size and schedule of the base CLIP (pretrain_base); "
+    world: WorldSize = section(WorldSize, "Sizes of the miniature world's splits and pools (build_world).")
+    pretrain: PretrainSettings = section(PretrainSettings, "Size and schedule of the base CLIP (pretrain_base); "
                                           "its seed is the run's seed.")
-    budget: Budget = _section(Budget, "Epochs, batch size and rows of every trained method (the same for all).")
-    safe_clip: TrainConfig = _section(recipe_config, "Safe-CLIP's recipe (recipes/demo.yaml); model, data, "
+    budget: Budget = section(Budget, "Epochs, batch size and rows of every trained method (the same for all).")
+    safe_clip: TrainConfig = section(recipe_config, "Safe-CLIP's recipe (recipes/demo.yaml); model, data, "
                                       "run folder, seed and the budget are filled in per run.")
 
 
@@ -79,11 +75,11 @@ class PipelineSize:
 class CompareSize(PipelineSize):
     """:class:`PipelineSize` plus the comparison's own settings (defaults: ~15 min on 2 cores)."""
 
-    method_overrides: dict = _section(dict, "Method name -> [\"key=value\", ...] settings of that method "
-                                      "(as --set METHOD:KEY=VALUE).")
-    eval_rows: int = field(default=0, metadata={"help": "Evaluate on the first N test quadruplets only (0: all)."})
-    attacks: RobustnessSettings = _section(RobustnessSettings, "The robustness columns: a fixed GCG text attack and "
-                                           "PGD image attack on every model (safeclip.attacks).")
+    method_overrides: dict = setting({}, "Method name -> [\"key=value\", ...] settings of that method "
+                                     "(as --set METHOD:KEY=VALUE).")
+    eval_rows: int = setting(0, "Evaluate on the first N test quadruplets only (0: all).", ge=0)
+    attacks: RobustnessSettings = section(RobustnessSettings, "The robustness columns: a fixed GCG text attack and "
+                                          "PGD image attack on every model (safeclip.attacks).")
 
 
 def tiny_size() -> CompareSize:

@@ -130,7 +130,7 @@ def test_cli_kill_and_resume_matches_uninterrupted_run(tmp_path, tiny_clip_dir, 
 
 def test_cli_reports_bad_config_without_traceback(tmp_path, data):
     result = run_cli("train", f"data.train={data}", "lora.r=0", cwd=tmp_path)
-    assert result.returncode == 2 and "lora.r must be a positive integer" in result.stderr
+    assert result.returncode == 2 and "lora.r must be > 0, got 0" in result.stderr
     assert "Traceback" not in result.stderr
     result = run_cli("train", f"data.train={data}", "optim.nope=1", cwd=tmp_path)
     assert result.returncode == 2 and "unknown config key 'optim.nope'" in result.stderr

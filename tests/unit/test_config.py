@@ -1,5 +1,7 @@
 """Typed configs: YAML + dotted overrides, validation messages, shipped configs, CLI help."""
 
+import re
+
 import pytest
 
 from safeclip.cli import build_parser
@@ -26,7 +28,7 @@ def test_bad_overrides_name_the_key(override, message):
 
 @pytest.mark.parametrize("override,message", [
     ("loss.temperature=0", "loss.temperature must be > 0"),
-    ("data.batch_size=1", "data.batch_size must be at least 2"),
+    ("data.batch_size=1", "data.batch_size must be >= 2, got 1"),
     ("optim.grad_accum=3", "multiple of optim.grad_accum"),
     ("data.text_padding=77", "data.text_padding must be"),
 ])
@@ -123,3 +125,79 @@ def test_unknown_selection_is_rejected():
         load_config(None, ["data.train=x.jsonl", "optim.selection=loss"]).validate()
     with pytest.raises(ConfigError, match="loss_or_recall is Safe-CLIP's early stopping"):
         load_config(None, ["data.train=x.jsonl", "method=hysac", "optim.selection=loss_or_recall"]).validate()
+
+
+@pytest.mark.parametrize("override,message", [
+    ("run.resume=ture", "run.resume must be true or false, got 'ture'"),
+    ("lora.train_text=flase", "lora.train_text must be true or false, got 'flase'"),
+    ("lora.dropout=1.0", "lora.dropout must be < 1.0, got 1.0"),
+    ("optim.epochs=0", "optim.epochs must be >= 1, got 0"),
+    ("optim.epochs=2.5", "optim.epochs must be a whole number, got 2.5"),
+    ("run.mixed_precision=fp8", "run.mixed_precision must be 'no', 'bf16' or 'fp16', got 'fp8'"),
+    ("model.dtype=float64", "model.dtype must be 'float32', 'bfloat16' or 'float16'"),
+])
+def test_bool_typos_and_out_of_range_values_fail_at_load_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_the_same_rules_hold_in_yaml_files(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("run:\n  resume: sometimes\n")
+    with pytest.raises(ConfigError, match="run.resume must be true or false, got 'sometimes'"):
+        load_config(path)
+    path.write_text("optim:\n  lr: -1.0\n")
+    with pytest.raises(ConfigError, match=re.escape("optim.lr must be > 0.0, got -1.0")):
+        load_config(path)
+
+
+def test_strict_booleans_and_text_stays_text():
+    cfg = load_config(None, ["run.resume=yes", "lora.train_vision=off", "data.train=on", "data.val=null",
+                             "model.name=no"])
+    assert cfg.run.resume is True and cfg.lora.train_vision is False
+    assert (cfg.data.train, cfg.data.val, cfg.model.name) == ("on", "null", "no")  # a path is never a YAML word
+
+
+def test_settings_objects_check_their_fields_when_built():
+    from safeclip.config import OptimConfig
+
+    with pytest.raises(ConfigError, match=re.escape("lr must be > 0.0, got 0.0")):
+        OptimConfig(lr=0.0)
+    with pytest.raises(ConfigError, match="resume must be of type bool"):
+        load_config(None, []).run.__class__(resume="false")
+
+
+@pytest.mark.parametrize("method,override,message", [
+    ("uwm", "edit_text=ture", "uwm:edit_text must be true or false, got 'ture'"),
+    ("uwm", "sparsity=1.5", "uwm:sparsity must be < 1.0, got 1.5"),
+    ("safer-clip", "curriculum=nope", "safer-clip:curriculum must be true or false, got 'nope'"),
+    ("safer-clip", "image_target=far", "safer-clip:image_target must be 'nearest' or 'paired', got 'far'"),
+    ("safer-clip", "lora_rank=4", "unknown config key 'safer-clip:lora_rank'"),
+])
+def test_method_settings_use_the_same_parser(method, override, message):
+    from safeclip.config import load_settings
+    from safeclip.methods.safer_clip import SaferClipConfig
+    from safeclip.methods.uwm import UwmConfig
+
+    cls = {"uwm": UwmConfig, "safer-clip": SaferClipConfig}[method]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_settings(cls, overrides=[override], prefix=f"{method}:")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["world", "pretrain", "--world", "w", "--out", "b", "--epochs", "0"], "epochs must be >= 1, got 0"),
+    (["world", "pretrain", "--world", "w", "--out", "b", "--text-padding", "left"], "text_padding must be 'longest' or 'max_length'"),
+    (["world", "build", "--out", "w", "--n-train", "0"], "n_train must be >= 1, got 0"),
+    (["datagen", "sft", "--model", "m", "--pairs", "p.jsonl", "--out", "o", "--bf16", "ture"],
+     "bf16 must be true or false, got 'ture'"),
+    (["datagen", "dpo", "--model", "m", "--pairs", "p.jsonl", "--out", "o", "--lora-dropout", "1"],
+     "lora_dropout must be < 1.0, got 1.0"),
+])
+def test_cli_flags_are_checked_the_same_way(argv, message, capsys, tmp_path, monkeypatch):
+    from safeclip.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "world.json").write_text("{}")
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -167,7 +167,7 @@ def test_shipped_llama_recipe_has_the_paper_settings():
     assert args.model == "meta-llama/Llama-2-7b-chat-hf"
     dpo = _settings(argparse.Namespace(config=str(config), model="x", lr=None), DPOSettings, "dpo")
     assert (dpo.lora_r, dpo.lora_alpha, dpo.beta, dpo.lr, dpo.batch_size * dpo.gradient_accumulation) == (8, 16, 0.1, 5e-7, 16)
-    override = _settings(argparse.Namespace(config=str(config), model="x", lr=1e-3, lora_r=None), SFTSettings, "sft")
+    override = _settings(argparse.Namespace(config=str(config), model="x", lr="1e-3", lora_r=None), SFTSettings, "sft")
     assert override.lr == 1e-3  # flags win over the YAML
 
 
@@ -179,5 +179,5 @@ def test_settings_reject_unknown_yaml_keys(tmp_path):
 
     bad = tmp_path / "bad.yaml"
     bad.write_text("sft:\n  lora_rank: 8\n")
-    with pytest.raises(ValueError, match="unknown sft settings"):
+    with pytest.raises(ValueError, match="unknown config key 'lora_rank'"):
         _settings(argparse.Namespace(config=str(bad)), SFTSettings, "sft")

@@ -17,6 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(safe-clip, safer-clip, uwm) into DIR/methods/<name>, evaluates every model with the Safe-CLIP retrieval protocol, "
         "the SafeR-CLIP T*->V protocol, SafeGround and zero-shot accuracy, and writes DIR/compare.json, DIR/compare.md and "
         "DIR/safety_utility.png. With --base/--train/--test it runs on real data and backbones instead (GPU; docs/compare.md).",
+        epilog=method_settings_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", default="compare", help="output folder (default: compare)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the world, base model and every method")
@@ -39,6 +41,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     real.add_argument("--test", default=None, help="test quadruplets for every metric")
     real.add_argument("--zero-shot-folder", default=None, help="labelled images as folder/<class>/<image> for zero-shot accuracy")
     parser.set_defaults(func=run)
+
+
+def method_settings_help() -> str:
+    """Every method's settings with their defaults, for ``--set METHOD:KEY=VALUE``."""
+    from safeclip.config import describe_settings, load_config
+    from safeclip.demo import demo_config_path
+    from safeclip.methods.safer_clip import SaferClipConfig
+    from safeclip.methods.uwm import UwmConfig
+
+    return "\n".join([
+        "Method settings (--set METHOD:KEY=VALUE; the budget flags and the data/model/run keys are set by compare):",
+        "safe-clip: any `safeclip train` key, defaults from its recipe src/safeclip/recipes/demo.yaml "
+        "(config=PATH replaces the recipe):", describe_settings(load_config(demo_config_path()), "safe-clip:"),
+        "safer-clip:", describe_settings(SaferClipConfig, "safer-clip:"),
+        "uwm:", describe_settings(UwmConfig, "uwm:")])
 
 
 def run(args: argparse.Namespace) -> int:

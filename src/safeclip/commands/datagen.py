@@ -9,62 +9,32 @@ See docs/datagen.md for the full recipe on real models (Llama-2-7B-chat, the pap
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from pathlib import Path
 
+from safeclip.commands.options import add_settings_arguments, settings_from_args
+from safeclip.config import read_settings_file
 from safeclip.datagen.dpo import DPOSettings
 from safeclip.datagen.generate import CaptionSource, GenerationSettings, SamplingSettings
 from safeclip.datagen.sft import SFTSettings
-from safeclip.judges import LLMJudgeSettings
 from safeclip.errors import ConfigError, MissingFileError
+from safeclip.judges import LLMJudgeSettings
 
 
-def _field_help(cls) -> dict[str, str]:
-    """Each field's help: ``metadata["help"]``, else the one-line ``# help`` comment after the field."""
-    import inspect
-    import re
-
-    found = dict(re.findall(r"^\s+(\w+): [^=]+=.*?#\s*(.+)$", inspect.getsource(cls), flags=re.M))
-    return {**found, **{f.name: f.metadata["help"] for f in dataclasses.fields(cls) if "help" in f.metadata}}
-
-
-def _add_settings(parser: argparse.ArgumentParser, cls, *, config: bool = True) -> None:
-    helps = _field_help(cls)
-    for f in dataclasses.fields(cls):
-        if f.name == "extra":
-            continue
-        default = f.default
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes"), default=None,
-                                metavar="BOOL", help=f"{helps.get(f.name, f.name)} (default {default})")
-        else:
-            parser.add_argument(flag, type=type(default), default=None,
-                                help=f"{helps.get(f.name, f.name)} (default {default})".replace("%", "%%"))
-    if config:
-        parser.add_argument("--config", help="YAML recipe (configs/datagen-*.yaml); flags override it")
+def _add_settings(parser: argparse.ArgumentParser, cls, section: str | None = None) -> None:
+    """One flag per field of ``cls``; with ``section``, also ``--config`` (a recipe whose ``section:`` and
+    ``model:`` line the flags override)."""
+    if section:
+        parser.add_argument("--config", help=f"YAML recipe (configs/datagen-*.yaml): its '{section}:' section and "
+                            "its 'model:' line; flags override it")
+    add_settings_arguments(parser, cls)
 
 
 def _settings(args: argparse.Namespace, cls, section: str):
-    import yaml
-
-    values: dict = {}
-    if getattr(args, "config", None):
-        path = Path(args.config)
-        if not path.is_file():
-            raise MissingFileError(f"config {path} not found (shipped recipes: configs/datagen-*.yaml)")
-        data = yaml.safe_load(path.read_text()) or {}
-        values.update(data.get(section) or {})
-        if not getattr(args, "model", None) and data.get("model"):
-            args.model = data["model"]
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - names
-    if unknown:
-        raise ConfigError(f"unknown {section} settings {sorted(unknown)} in {args.config}; known: {sorted(names)}")
-    for name in names - {"extra"}:
-        if getattr(args, name, None) is not None:
-            values[name] = getattr(args, name)
-    return cls(**values)
+    """``cls`` from its defaults, the ``section`` of ``--config`` and the flags; ``args.model`` defaults to the
+    recipe's ``model:`` line."""
+    if getattr(args, "config", None) and not getattr(args, "model", None):
+        args.model = read_settings_file(args.config).get("model")
+    return settings_from_args(args, cls, section=section)
 
 
 JUDGE_HELP = ("NSFW judge, required: openai:MODEL@BASE_URL (the paper: GPT-3.5), hf:NAME_OR_DIR[@LABEL] (a text "
@@ -74,8 +44,8 @@ JUDGE_HELP = ("NSFW judge, required: openai:MODEL@BASE_URL (the paper: GPT-3.5),
 def _add_generator_inputs(p: argparse.ArgumentParser, sampling_cls) -> None:
     p.add_argument("--model", required=True, help="the generator: a `datagen sft`/`datagen dpo` output folder (its "
                    "base with the LoRA adapter applied), or a model folder / hub name")
-    _add_settings(p, CaptionSource, config=False)
-    _add_settings(p, sampling_cls, config=False)
+    _add_settings(p, CaptionSource)
+    _add_settings(p, sampling_cls)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -88,14 +58,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="causal LM name or folder (paper: meta-llama/Llama-2-7b-chat-hf)")
     p.add_argument("--pairs", required=True, help="JSONL/CSV with safe_text, unsafe_text, optional category")
     p.add_argument("--out", required=True, help="output folder (adapter/, merged/, meta.json)")
-    _add_settings(p, SFTSettings)
+    _add_settings(p, SFTSettings, "sft")
     p.set_defaults(func=run_sft_command)
 
     p = steps.add_parser("preferences", help="sample 2 completions per caption, rank by Eq. 3, write DPO pairs")
     _add_generator_inputs(p, SamplingSettings)
     p.add_argument("--clip", required=True, help="CLIP for CLIP-Sim (paper: openai/clip-vit-large-patch14)")
     p.add_argument("--judge", required=True, help=JUDGE_HELP)
-    _add_settings(p, LLMJudgeSettings, config=False)
+    _add_settings(p, LLMJudgeSettings)
     p.add_argument("--out", required=True, help="output folder (samples-0.jsonl written before scoring, "
                    "judge_cache.jsonl, preferences.jsonl)")
     p.set_defaults(func=run_preferences_command)
@@ -104,7 +74,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="the SFT model (OUT/merged of `datagen sft`)")
     p.add_argument("--pairs", required=True, help="preferences.jsonl from `datagen preferences`")
     p.add_argument("--out", required=True, help="output folder (adapter/, merged/, meta.json)")
-    _add_settings(p, DPOSettings)
+    _add_settings(p, DPOSettings, "dpo")
     p.set_defaults(func=run_dpo_command)
 
     p = steps.add_parser("generate", help="unsafe captions balanced over the 20 categories (resumable, accelerate)")
@@ -116,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = steps.add_parser("images", help="render v* for each t* with a diffusers pipeline (seeds, NSFW flagger)")
     p.add_argument("--rows", required=True, help="unsafe_captions.jsonl from `datagen generate`")
     p.add_argument("--pipeline", default="stablediffusionapi/newrealityxl-global-nsfw",
-                   help="diffusers text-to-image pipeline name or folder (default: the paper's)")
+                   help="diffusers text-to-image pipeline name or folder (the paper's model)")
     p.add_argument("--classifier", default="none", help="NSFW image classifier: none, hf:NAME_OR_DIR[@LABEL], nudenet[:THRESHOLD] or "
                    "q16:PROMPTS_FILE@CLIP; comma-separate several (unsafe if any flags); route by category with "
                    "';' (the paper's judges: 'sexual,nudity=nudenet;q16:PROMPTS_FILE@CLIP')")
@@ -135,7 +105,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = steps.add_parser("report", help="Table 1 quality report: %% NSFW per judge, toxicity, CLIP-Sim(t, t*)")
     p.add_argument("--rows", required=True, help="JSONL/CSV with safe_text, unsafe_text, category")
     p.add_argument("--judge", action="append", required=True, help=JUDGE_HELP + "; repeatable")
-    _add_settings(p, LLMJudgeSettings, config=False)
+    _add_settings(p, LLMJudgeSettings)
     p.add_argument("--toxicity", required=True, help="toxicity scorer: hf:NAME[@LABEL] (the paper: the Perspective "
                    "API), lexicon:PATH, none; plain 'lexicon' is for world data only")
     p.add_argument("--adult-classifier", default=None, metavar="NAME_OR_DIR[@LABEL]",

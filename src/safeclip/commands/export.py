@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from safeclip.export.targets import EXPORT_TARGETS
+from safeclip.export.targets import DEFAULT_TARGETS, EXPORT_TARGETS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", required=True, help="run folder, merged CLIP folder, or hub id")
     parser.add_argument("--adapters", default=None, help="adapter folder to apply to --model (e.g. runs/x/best)")
     parser.add_argument("--out", required=True, help="output folder; one subfolder per target")
-    parser.add_argument("--targets", default="adapters,hf,diffusers,llava",
-                        help=f"comma-separated subset of {','.join(EXPORT_TARGETS)} (default: all)")
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                        help=f"comma-separated subset of {','.join(EXPORT_TARGETS)}")
     parser.add_argument("--results", action="append", default=[], help="results JSON to quote in the model card, repeatable")
     parser.add_argument("--sd-version", default="auto", choices=["auto", "1", "2", "xl"],
                         help="Stable Diffusion family of the diffusers export (auto: inferred from the text tower or "

@@ -1,11 +1,16 @@
-"""``safeclip world build|pretrain``: the offline miniature ViSU world and its base CLIP."""
+"""``safeclip world build|pretrain``: the offline miniature ViSU world and its base CLIP.
+
+    safeclip world build --out world --n-train 2000
+    safeclip world pretrain --world world --out base --epochs 2 --hidden-size 64
+"""
 
 from __future__ import annotations
 
 import argparse
 
-from safeclip.errors import ConfigError, MissingFileError
-from safeclip.world.build import DEFAULT_SIZES
+from safeclip.commands.options import add_settings_arguments, settings_from_args
+from safeclip.errors import MissingFileError
+from safeclip.world.build import WorldSize
 from safeclip.world.pretrain import PretrainSettings
 
 
@@ -20,9 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 "DIR/images/, DIR/world.json.")
     build.add_argument("--out", required=True, help="output folder")
     build.add_argument("--seed", type=int, default=0, help="world seed (scenes, categories, splits)")
-    for name, default in DEFAULT_SIZES.items():
-        build.add_argument(f"--{name.replace('_', '-')}", type=int, default=default,
-                           help=f"number of {name[2:]} items (default {default})")
+    build.add_argument("--config", help="YAML file of sizes (n_train: ..., ...); flags override it")
+    add_settings_arguments(build, WorldSize)
     build.set_defaults(func=run_build)
 
     pretrain = commands.add_parser("pretrain", help="train the world's base CLIP from scratch on safe + unsafe pairs",
@@ -30,11 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "BPE tokenizer trained on the world's captions; saved as a Hugging Face CLIP folder.")
     pretrain.add_argument("--world", required=True, help="a folder written by `safeclip world build`")
     pretrain.add_argument("--out", required=True, help="output folder (a Hugging Face CLIP folder)")
-    defaults = PretrainSettings()
-    for name in ("seed", "epochs", "batch_size", "lr", "hidden_size", "num_layers", "patch_size"):
-        value = getattr(defaults, name)
-        pretrain.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value,
-                              help=f"{name.replace('_', ' ')} (default {value})")
+    pretrain.add_argument("--config", help="YAML file of pretraining settings (epochs: ..., ...); flags override it")
+    add_settings_arguments(pretrain, PretrainSettings)
     pretrain.set_defaults(func=run_pretrain)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
@@ -42,10 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from safeclip.world import build_world
 
-    sizes = {name: getattr(args, name) for name in DEFAULT_SIZES}
-    if any(v < 1 for v in sizes.values()):
-        raise ConfigError("every --n-* size must be at least 1")
-    print(f"world: {build_world(args.out, seed=args.seed, **sizes)}")
+    from dataclasses import asdict
+
+    sizes = settings_from_args(args, WorldSize)
+    print(f"world: {build_world(args.out, seed=args.seed, **asdict(sizes))}")
     return 0
 
 
@@ -56,7 +57,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
 
     if not (Path(args.world) / "world.json").is_file():
         raise MissingFileError(f"{args.world} is not a built world (no world.json); run `safeclip world build --out {args.world}` first")
-    out = pretrain_base(args.world, args.out, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
-                        lr=args.lr, hidden_size=args.hidden_size, num_layers=args.num_layers, patch_size=args.patch_size)
+    from dataclasses import asdict
+
+    settings = settings_from_args(args, PretrainSettings)
+    out = pretrain_base(args.world, args.out, **asdict(settings))
     print(f"base CLIP: {out}")
     return 0

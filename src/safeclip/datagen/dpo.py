@@ -10,32 +10,33 @@ Writes ``OUT/adapter`` and ``OUT/merged`` like SFT.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from safeclip.config import Settings, setting
 from safeclip.datagen.sft import _load, lora_config, save_trained
 from safeclip.errors import DataError
 
 
 @dataclass
-class DPOSettings:
+class DPOSettings(Settings):
     """LoRA DPO recipe (defaults: the paper's supplementary settings)."""
 
-    beta: float = 0.1  # DPO temperature beta (paper: 0.1)
-    lora_r: int = 8  # LoRA rank (paper: 8)
-    lora_alpha: int = 16  # LoRA alpha (paper: 16)
-    lora_dropout: float = 0.05  # LoRA dropout
-    target_modules: str = "all-linear"  # peft target modules
-    batch_size: int = 16  # per-device batch (paper: 16)
-    gradient_accumulation: int = 1  # gradient accumulation steps
-    lr: float = 5e-7  # learning rate (paper: 5e-7)
-    epochs: float = 1.0  # passes over the pairs (ignored when max_steps > 0)
-    max_steps: int = -1  # optimizer steps; -1 = use epochs
-    max_length: int = 512  # token limit of prompt + completion
-    seed: int = 0  # seed
-    bf16: bool = False  # bfloat16 mixed precision (GPUs)
-    gradient_checkpointing: bool = False  # trade compute for memory
-    extra: dict = field(default_factory=dict)  # more trl DPOConfig fields
+    beta: float = setting(0.1, "DPO temperature beta (paper: 0.1)", gt=0.0)
+    lora_r: int = setting(8, "LoRA rank (paper: 8)", ge=1)
+    lora_alpha: int = setting(16, "LoRA alpha (paper: 16).", gt=0)
+    lora_dropout: float = setting(0.05, "LoRA dropout.", ge=0.0, lt=1.0)
+    target_modules: str = setting("all-linear", "Modules that get LoRA adapters (peft: \"all-linear\" or comma-separated names).")
+    batch_size: int = setting(16, "Per-device batch (paper: 16)", ge=1)
+    gradient_accumulation: int = setting(1, "Gradient accumulation steps.", ge=1)
+    lr: float = setting(5e-7, "Learning rate (paper: 5e-7)", gt=0.0)
+    epochs: float = setting(1.0, "Passes over the pairs (ignored when max_steps > 0)", gt=0.0)
+    max_steps: int = setting(-1, "Optimizer steps; -1 = use epochs.", ge=-1)
+    max_length: int = setting(512, "Token limit of prompt + completion.", ge=1)
+    seed: int = setting(0, "Seed of the data order and the LoRA initialisation (trl).")
+    bf16: bool = setting(False, "Mixed precision in bfloat16 (GPUs).")
+    gradient_checkpointing: bool = setting(False, "Trade compute for memory.")
+    extra: dict = setting({}, "More trl DPOConfig fields.")
 
 
 def run_dpo(model: str | os.PathLike, pairs: list[dict], out_dir: str | os.PathLike,

@@ -14,33 +14,34 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from safeclip.checkpoint import write_json_atomic
+from safeclip.config import Settings, setting
 from safeclip.datagen.prompts import format_prompt
 from safeclip.errors import DataError, MissingFileError
 
 
 @dataclass
-class SFTSettings:
+class SFTSettings(Settings):
     """LoRA SFT recipe (defaults: the paper's Llama-2-7B-chat settings)."""
 
-    lora_r: int = 64  # LoRA rank (paper: 64)
-    lora_alpha: int = 16  # LoRA scaling alpha (paper: 16)
-    lora_dropout: float = 0.05  # LoRA dropout
-    target_modules: str = "all-linear"  # peft target modules ("all-linear" or comma-separated names)
-    batch_size: int = 4  # per-device batch (paper: 4)
-    gradient_accumulation: int = 1  # gradient accumulation steps
-    lr: float = 2e-4  # learning rate (paper: 2e-4)
-    epochs: float = 3.0  # passes over the pairs (ignored when max_steps > 0)
-    max_steps: int = -1  # optimizer steps; -1 = use epochs
-    max_length: int = 512  # token limit of prompt + completion
-    condition: bool = True  # name the pair's category in the prompt
-    seed: int = 0  # seed
-    bf16: bool = False  # bfloat16 mixed precision (GPUs)
-    gradient_checkpointing: bool = False  # trade compute for memory (7B on one GPU)
-    extra: dict = field(default_factory=dict)  # more trl SFTConfig fields
+    lora_r: int = setting(64, "LoRA rank (paper: 64)", ge=1)
+    lora_alpha: int = setting(16, "LoRA scaling alpha (paper: 16).", gt=0)
+    lora_dropout: float = setting(0.05, "LoRA dropout.", ge=0.0, lt=1.0)
+    target_modules: str = setting("all-linear", "Modules that get LoRA adapters (peft: \"all-linear\" or comma-separated names).")
+    batch_size: int = setting(4, "Per-device batch (paper: 4)", ge=1)
+    gradient_accumulation: int = setting(1, "Gradient accumulation steps.", ge=1)
+    lr: float = setting(2e-4, "Learning rate (paper: 2e-4)", gt=0.0)
+    epochs: float = setting(3.0, "Passes over the pairs (ignored when max_steps > 0)", gt=0.0)
+    max_steps: int = setting(-1, "Optimizer steps; -1 = use epochs.", ge=-1)
+    max_length: int = setting(512, "Token limit of prompt + completion.", ge=1)
+    condition: bool = setting(True, "Name the pair's category in the prompt.")
+    seed: int = setting(0, "Seed of the data order and the LoRA initialisation (trl).")
+    bf16: bool = setting(False, "Mixed precision in bfloat16 (GPUs).")
+    gradient_checkpointing: bool = setting(False, "Trade compute for memory (7B on one GPU)")
+    extra: dict = setting({}, "More trl SFTConfig fields.")
 
 
 def sft_rows(pairs: list[dict], *, condition: bool = True) -> list[dict]:

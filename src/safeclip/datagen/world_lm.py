@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 from safeclip.checkpoint import write_json_atomic
+from safeclip.config import Settings, setting
 from safeclip.datagen.prompts import TEMPLATE, format_prompt
 from safeclip.schedule import warmup_cosine_schedule
 from safeclip.world.categories import CATEGORIES
@@ -47,17 +48,17 @@ def train_world_tokenizer(texts: list[str]) -> PreTrainedTokenizerFast:
 
 
 @dataclass
-class WorldLMSettings:
+class WorldLMSettings(Settings):
     """Size and schedule of the world's stand-in LM (defaults: about a minute on 2 CPU cores)."""
 
-    seed: int = 0
-    n_layer: int = 2  # transformer blocks
-    n_embd: int = 96  # width
-    n_head: int = 4  # attention heads
-    n_positions: int = 96  # longest prompt + answer in tokens
-    steps: int = 400  # optimizer steps of safe-only pretraining
-    batch_size: int = 32  # sequences per step
-    lr: float = 3e-3  # AdamW peak learning rate (cosine decay)
+    seed: int = setting(0, "Seed of the initial weights and of the sampled batches.")
+    n_layer: int = setting(2, "Transformer blocks.", ge=1)
+    n_embd: int = setting(96, "Width.", ge=1)
+    n_head: int = setting(4, "Attention heads.", ge=1)
+    n_positions: int = setting(96, "Longest prompt + answer in tokens.", ge=2)
+    steps: int = setting(400, "Optimizer steps of safe-only pretraining.", ge=1)
+    batch_size: int = setting(32, "Sequences per step.", ge=1)
+    lr: float = setting(3e-3, "AdamW peak learning rate (cosine decay)", gt=0.0)
 
 
 def build_world_lm(tokenizer: PreTrainedTokenizerFast, settings: WorldLMSettings) -> GPT2LMHeadModel:

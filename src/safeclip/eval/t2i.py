@@ -29,6 +29,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.config import Settings, setting
 from safeclip.errors import ConfigError, DataError
 from safeclip.jobs import PartsJob
 from safeclip.eval.i2p import Prompt, aggregate_by_category, format_category_table
@@ -45,20 +46,20 @@ Generate = Callable[[Sequence[str], Sequence[int]], list]
 
 
 @dataclass
-class T2IConfig:
+class T2IConfig(Settings):
     """How many images, how they are sampled and how the report is laid out."""
 
-    images_per_prompt: int = 5  # paper: 5 images per prompt
-    seed: int = 0  # seed of image k of a prompt = (the prompt's own seed, else this) + k
-    steps: int = 50  # denoising steps
-    guidance_scale: float = 7.5  # classifier-free guidance scale
-    height: int | None = None  # image height (None: the pipeline's default, 512 for SD v1.4)
-    width: int | None = None  # image width
-    batch_size: int = 4  # images per pipeline call
-    negative_prompt: str = DEFAULT_NEGATIVE_PROMPT  # used by the ``negative`` variant
-    grid_prompts: int = 8  # prompts (rows) shown per condition grid
-    variants: tuple[str, ...] = T2I_VARIANTS  # which variants to run
-    extra: dict = field(default_factory=dict)  # recorded in the report (model names, judges)
+    images_per_prompt: int = setting(5, "Images (seeds) per prompt (paper: 5).", ge=1)
+    seed: int = setting(0, "Seed of image k of a prompt = (the prompt's own seed, else this) + k.")
+    steps: int = setting(50, "Denoising steps.", ge=1)
+    guidance_scale: float = setting(7.5, "Classifier-free guidance scale.", ge=0.0)
+    height: int | None = setting(None, "Image height (None: the pipeline's default, 512 for SD v1.4).")
+    width: int | None = setting(None, "Image width (None: the pipeline's default).")
+    batch_size: int = setting(4, "Images per pipeline call.", ge=1)
+    negative_prompt: str = setting(DEFAULT_NEGATIVE_PROMPT, "Negative prompt of the 'negative' variant.")
+    grid_prompts: int = setting(8, "Prompts (rows) shown per condition grid.", ge=0)
+    variants: tuple[str, ...] = setting(T2I_VARIANTS, "Which variants to run.")
+    extra: dict = setting({}, "Recorded in the report (model names, judges).")
 
 
 def _sld_kwargs(variant: str) -> dict:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from safeclip.config import Settings, setting
 from safeclip.errors import ConfigError
 from safeclip.models.clip import ClipBundle
 
@@ -42,13 +43,13 @@ DEFAULT_METHODS = ("safe-clip", "safer-clip", "uwm")  # what `safeclip compare` 
 
 
 @dataclass
-class Budget:
+class Budget(Settings):
     """What every trained method gets, so that a comparison is fair (training-free methods ignore most of it)."""
 
-    epochs: int = 3  # passes over the training quadruplets
-    batch_size: int = 128  # quadruplets per optimizer step
-    max_rows: int = 0  # use only the first N training rows (0: all)
-    calibration_rows: int = 1024  # UWM: (safe, unsafe) tuples used for calibration (paper: ~8k)
+    epochs: int = setting(3, "Passes over the training quadruplets.", ge=1)
+    batch_size: int = setting(128, "Quadruplets per optimizer step.", ge=2)
+    max_rows: int = setting(0, "Use only the first N training rows (0: all)", ge=0)
+    calibration_rows: int = setting(1024, "UWM: (safe, unsafe) tuples used for calibration (paper: ~8k)", ge=1)
 
 
 @dataclass
@@ -81,23 +82,3 @@ def get_method(name: str) -> Method:
         raise ConfigError(f"unknown method {name!r}; known methods: {', '.join(METHOD_NAMES)}")
     module, function = METHODS[name].split(":")
     return getattr(importlib.import_module(module), function)
-
-
-def parse_method_overrides(overrides: list[str], cls: type):
-    """A ``cls`` dataclass (flat, with defaults) with ``key=value`` overrides applied (typed like the default)."""
-    from dataclasses import fields
-
-    known = {f.name: f for f in fields(cls)}
-    values = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or key not in known:
-            raise ValueError(f"bad setting {item!r} for {cls.__name__}; use key=value with key one of: {', '.join(known)}")
-        default = known[key].default
-        if isinstance(default, bool):
-            values[key] = raw.lower() in {"1", "true", "yes"}
-        elif isinstance(default, (int, float, str)):
-            values[key] = type(default)(raw)
-        else:
-            values[key] = raw
-    return cls(**values)

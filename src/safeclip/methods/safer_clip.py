@@ -52,54 +52,42 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from safeclip.checkpoint import write_json_atomic
+from safeclip.config import Settings, load_settings, setting
 from safeclip.data import read_quadruplets
 from safeclip.data.loader import QuadrupletCollator, QuadrupletDataset
 from safeclip.data.quadruplets import MODALITIES
 from safeclip.errors import ConfigError, DataError
 from safeclip.eval.embed import embed_quadruplets
 from safeclip.losses import preservation_contrastive_loss, preservation_cosine_loss
-from safeclip.methods.base import MethodInputs, parse_method_overrides
+from safeclip.methods.base import MethodInputs
 from safeclip.models.clip import ClipBundle, encode_pixel_batch, encode_token_batch, load_clip
 from safeclip.models.lora import add_lora, apply_adapters, lora_config, save_adapters
 
 
 @dataclass
-class SaferClipConfig:
+class SaferClipConfig(Settings):
     """SafeR-CLIP settings (``key=value`` overrides in ``MethodInputs.overrides``)."""
 
-    lr: float = 1e-3  # Adam learning rate (paper, ViT-L/14: 1e-4)
-    lora_r: int = 16  # LoRA rank on both encoders (paper: 16)
-    lora_alpha: float = 16.0  # LoRA alpha
-    target_modules: str = "k_proj,v_proj,out_proj,fc1,fc2,patch_embedding"  # comma-separated LoRA targets
-    relative_scale: float = 10.0  # s in softplus(s * (cos to own unsafe - cos to proximity target))
-    relative_weight: float = 1.0  # weight of the relative cross-modal redirection (both sides)
-    negative: str = "trained"  # the own unsafe counterpart as the negative: "trained" T(t*)/V(v*) or "frozen" T0(t*)/V0(v*)
-    unimodal_weight: float = 0.6  # weight of the unimodal redirection (both sides)
-    preservation_cosine: float = 0.5  # weight of Eq. 6 on the safe pair (as recipes/demo.yaml)
-    preservation_contrastive: float = 3.0  # weight of Eq. 7 on the safe pair (as recipes/demo.yaml)
-    temperature: float = 0.05  # InfoNCE temperature of Eq. 7 (the world's base has logit scale ~17)
-    image_target: str = "nearest"  # v^: "nearest" safe image by V0, or "paired" = the image of t^'s pair
-    exclude_own_pair: bool = False  # forbid t^_i = t_i / v^_i = v_i (the nearest neighbour is often the own pair)
-    curriculum: bool = True  # three-stage curriculum; false: every pair every epoch
-    curriculum_by: str = "text"  # pair similarity for the buckets: "text" (T0), "image" (V0) or "both" (mean)
-    easy: str = "similar"  # which end is easy: "similar" pairs (small shift) or "dissimilar" ones
-    log_every: int = 5  # write train_log.jsonl every N steps
-    num_workers: int = 0  # DataLoader worker processes (real data: 8)
-    image_cache_gb: float = 4.0  # keep preprocessed training images in memory when they fit in this many GiB
-    device: str = ""  # "cpu", "cuda", ...; empty: cuda when available
-
-    def validate(self) -> SaferClipConfig:
-        if self.image_target not in {"nearest", "paired"}:
-            raise ConfigError("safer-clip image_target must be 'nearest' or 'paired'")
-        if self.curriculum_by not in {"text", "image", "both"}:
-            raise ConfigError("safer-clip curriculum_by must be 'text', 'image' or 'both'")
-        if self.negative not in {"trained", "frozen"}:
-            raise ConfigError("safer-clip negative must be 'trained' or 'frozen'")
-        if self.easy not in {"similar", "dissimilar"}:
-            raise ConfigError("safer-clip easy must be 'similar' or 'dissimilar'")
-        if self.lr <= 0 or self.lora_r <= 0 or self.relative_scale <= 0 or self.temperature <= 0:
-            raise ConfigError("safer-clip lr, lora_r, relative_scale and temperature must be > 0")
-        return self
+    lr: float = setting(1e-3, "Adam learning rate (paper, ViT-L/14: 1e-4)", gt=0.0)
+    lora_r: int = setting(16, "LoRA rank on both encoders (paper: 16)", gt=0)
+    lora_alpha: float = setting(16.0, "LoRA alpha.", gt=0.0)
+    target_modules: str = setting("k_proj,v_proj,out_proj,fc1,fc2,patch_embedding", "Comma-separated LoRA targets.")
+    relative_scale: float = setting(10.0, "s in softplus(s * (cos to own unsafe - cos to proximity target)).", gt=0.0)
+    relative_weight: float = setting(1.0, "Weight of the relative cross-modal redirection (both sides)", ge=0.0)
+    negative: str = setting("trained", "The own unsafe counterpart as the negative: 'trained' T(t*)/V(v*) or 'frozen' T0(t*)/V0(v*).", choices=("trained", "frozen"))
+    unimodal_weight: float = setting(0.6, "Weight of the unimodal redirection (both sides)", ge=0.0)
+    preservation_cosine: float = setting(0.5, "Weight of Eq. 6 on the safe pair (as recipes/demo.yaml)", ge=0.0)
+    preservation_contrastive: float = setting(3.0, "Weight of Eq. 7 on the safe pair (as recipes/demo.yaml)", ge=0.0)
+    temperature: float = setting(0.05, "InfoNCE temperature of Eq. 7 (the world's base has logit scale ~17)", gt=0.0)
+    image_target: str = setting("nearest", "v^: the 'nearest' safe image by V0, or 'paired' = the image of t^'s pair.", choices=("nearest", "paired"))
+    exclude_own_pair: bool = setting(False, "Forbid t^_i = t_i / v^_i = v_i (the nearest neighbour is often the own pair)")
+    curriculum: bool = setting(True, "Three-stage curriculum; false: every pair every epoch.")
+    curriculum_by: str = setting("text", "Pair similarity for the buckets: 'text' (T0), 'image' (V0) or 'both' (mean).", choices=("text", "image", "both"))
+    easy: str = setting("similar", "Which end is easy: 'similar' pairs (small shift) or 'dissimilar' ones.", choices=("similar", "dissimilar"))
+    log_every: int = setting(5, "Write train_log.jsonl every N steps.", ge=1)
+    num_workers: int = setting(0, "DataLoader worker processes (real data: 8)", ge=0)
+    image_cache_gb: float = setting(4.0, "Keep preprocessed training images in memory when they fit in this many GiB.", ge=0.0)
+    device: str = setting("", "'cpu', 'cuda', ...; empty: cuda when available.")
 
 
 # ----------------------------------------------------------------------------- proximity targets
@@ -213,7 +201,7 @@ def load_or_compute_targets(bundle: ClipBundle, dataset: QuadrupletDataset, cfg:
 
 def run_safer_clip(inputs: MethodInputs) -> ClipBundle:
     """Train SafeR-CLIP LoRA adapters on ``inputs.train`` (or reuse them); returns the safe bundle."""
-    cfg = parse_method_overrides(inputs.overrides, SaferClipConfig).validate()
+    cfg = load_settings(SaferClipConfig, overrides=inputs.overrides, prefix="safer-clip:")
     out, budget = inputs.out, inputs.budget
     if (out / "summary.json").is_file():
         return apply_adapters(load_clip(inputs.base), out / "adapters")

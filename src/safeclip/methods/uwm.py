@@ -53,11 +53,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from safeclip.checkpoint import write_json_atomic
+from safeclip.config import Settings, load_settings, setting
 from safeclip.data import read_quadruplets
 from safeclip.data.loader import QuadrupletCollator, QuadrupletDataset
 from safeclip.data.quadruplets import MODALITIES
 from safeclip.errors import ConfigError, DataError, MissingFileError
-from safeclip.methods.base import MethodInputs, parse_method_overrides
+from safeclip.methods.base import MethodInputs
 from safeclip.models.clip import ClipBundle, load_clip
 
 EPS = 1e-8
@@ -65,25 +66,22 @@ RUN_ONLY = ("batch_size", "num_workers", "device")  # UwmConfig fields that do n
 
 
 @dataclass
-class UwmConfig:
+class UwmConfig(Settings):
     """UWM settings (``key=value`` overrides in ``MethodInputs.overrides``)."""
 
-    sparsity: float = 0.98  # select the weights past this cumulative share of the score mass (paper: 0.98)
-    alpha: float = -1.0  # selected weights are multiplied by alpha: -1 negation (UWM), 0 pruning
-    text_layers: str = "out_proj"  # text-encoder Linear names whose inputs are scored (comma-separated)
-    vision_layers: str = "fc2"  # vision-encoder Linear names whose inputs are scored (comma-separated)
-    edit_text: bool = True  # edit the text encoder
-    edit_vision: bool = True  # edit the vision encoder
-    # "": one selection from all calibration pairs (paper); "each": one per category, their union is edited;
-    # "cat1,cat2": the union of these categories' selections only (names as in the rows' "category")
-    categories: str = ""
-    batch_size: int = 64  # calibration pairs per forward pass
-    num_workers: int = 0  # DataLoader worker processes decoding calibration images (real data: 8)
-    device: str = ""  # "cpu", "cuda", ...; empty: cuda when available
+    sparsity: float = setting(0.98, "Select the weights past this cumulative share of the score mass (paper: 0.98).", gt=0.0, lt=1.0)
+    alpha: float = setting(-1.0, "Selected weights are multiplied by alpha: -1 negation (UWM), 0 pruning.")
+    text_layers: str = setting("out_proj", "Text-encoder Linear names whose inputs are scored (comma-separated).")
+    vision_layers: str = setting("fc2", "Vision-encoder Linear names whose inputs are scored (comma-separated).")
+    edit_text: bool = setting(True, "Edit the text encoder.")
+    edit_vision: bool = setting(True, "Edit the vision encoder.")
+    categories: str = setting("", "'': one selection from all calibration pairs (paper); 'each': one per category, their union is edited; 'cat1,cat2': the union of these categories' selections only (names as in the rows' 'category').")
+    batch_size: int = setting(64, "Calibration pairs per forward pass.", ge=1)
+    num_workers: int = setting(0, "DataLoader worker processes decoding calibration images (real data: 8).", ge=0)
+    device: str = setting("", "'cpu', 'cuda', ...; empty: cuda when available.")
 
     def validate(self) -> UwmConfig:
-        if not 0.0 < self.sparsity < 1.0:
-            raise ConfigError("uwm sparsity must lie in (0, 1) (paper: 0.98)")
+        """The rule that ties fields together (each field is checked on construction)."""
         if not (self.edit_text or self.edit_vision):
             raise ConfigError("uwm: at least one of edit_text / edit_vision must be true")
         return self
@@ -356,7 +354,7 @@ def run_uwm(inputs: MethodInputs) -> ClipBundle:
 
     A saved edit is reused only when every input it depends on (:func:`reuse_key`) is the same.
     """
-    cfg = parse_method_overrides(inputs.overrides, UwmConfig).validate()
+    cfg = load_settings(UwmConfig, overrides=inputs.overrides, prefix="uwm:").validate()
     out = inputs.out
     bundle = load_clip(inputs.base)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))

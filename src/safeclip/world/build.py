@@ -23,32 +23,31 @@ import json
 import os
 import random
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from safeclip.checkpoint import write_json_atomic
+from safeclip.config import Settings, setting
 from safeclip.world.categories import CATEGORIES, MARKERS, PHRASES
 from safeclip.world.scenes import Scene, Thing, caption, render, sample_scene, unsafe_caption
 
 WORLD_VERSION = 2
-DEFAULT_SIZES = {"n_train": 10000, "n_val": 500, "n_test": 1000, "n_found": 1000, "n_distractors": 10000}
-
-
-def _count(name: str, what: str):
-    return field(default=DEFAULT_SIZES[name], metadata={"help": what})
 
 
 @dataclass
-class WorldSize:
+class WorldSize(Settings):
     """How many items each split and pool of the world holds (``build_world(..., **asdict(size))``)."""
 
-    n_train: int = _count("n_train", "Training quadruplets.")
-    n_val: int = _count("n_val", "Validation quadruplets.")
-    n_test: int = _count("n_test", "Test quadruplets.")
-    n_found: int = _count("n_found", "Found unsafe images, paired with no caption (paper Table 3's unsafe sources).")
-    n_distractors: int = _count("n_distractors", "Safe distractor images and captions (paper Table 3's LAION distractors).")
+    n_train: int = setting(10000, "Training quadruplets.", ge=1)
+    n_val: int = setting(500, "Validation quadruplets.", ge=1)
+    n_test: int = setting(1000, "Test quadruplets.", ge=1)
+    n_found: int = setting(1000, "Found unsafe images, paired with no caption (paper Table 3's unsafe sources).", ge=1)
+    n_distractors: int = setting(10000, "Safe distractor images and captions (paper Table 3's LAION distractors).", ge=1)
+
+
+DEFAULT_SIZES = asdict(WorldSize())
 
 
 def composition_split(scene: Scene, seed: int) -> str:

@@ -25,7 +25,7 @@ from transformers import CLIPModel
 
 from safeclip.checkpoint import write_folder_atomic, write_json_atomic
 from safeclip.data.quadruplets import read_rows
-from safeclip.errors import ConfigError
+from safeclip.config import Settings, setting
 from safeclip.losses import symmetric_info_nce
 from safeclip.models.clip import tiny_clip_config, tiny_image_processor
 from safeclip.models.tokenizer import train_clip_tokenizer
@@ -34,35 +34,24 @@ from safeclip.world.scenes import IMAGE_SIZE
 
 
 @dataclass
-class PretrainSettings:
+class PretrainSettings(Settings):
     """Size and schedule of the base CLIP (defaults: a few minutes on 2 CPU cores)."""
 
-    seed: int = 0
-    epochs: int = 4
-    batch_size: int = 256  # pairs per step: batch_size / 2 scenes, each with its safe and unsafe pair
-    lr: float = 2e-3
-    warmup_steps: int = 40
-    hidden_size: int = 96
-    num_layers: int = 3
-    num_heads: int = 4
-    intermediate_size: int = 256
-    projection_dim: int = 96
-    patch_size: int = 4
-    vocab_size: int = 800
-    max_text_length: int = 40
-    # Captions are padded to the longest one of the set (as `safeclip train` does): CLIP's causal mask and
-    # end-token pooling make the tokens after the end token irrelevant, and the steps are ~25% faster than
-    # with max_text_length padding (benchmarks/pretrain_padding.py). "max_length" restores that padding.
-    text_padding: str = "longest"
-    # "scene": every batch holds scenes with both their safe and unsafe pair (each pair is the other's hard
-    # negative); "random": pairs are drawn at random from all safe and unsafe pairs, as in web data.
-    batch_pairs: str = "scene"
-
-    def __post_init__(self) -> None:
-        if self.text_padding not in ("longest", "max_length"):
-            raise ConfigError(f"text_padding must be 'longest' or 'max_length', not {self.text_padding!r}")
-        if self.batch_pairs not in ("scene", "random"):
-            raise ConfigError(f"batch_pairs must be 'scene' or 'random', not {self.batch_pairs!r}")
+    seed: int = setting(0, "Seed of the initial weights and of the batch order.")
+    epochs: int = setting(4, "Passes over the world's training pairs.", ge=1)
+    batch_size: int = setting(256, "Pairs per step: batch_size / 2 scenes, each with its safe and unsafe pair.", ge=2)
+    lr: float = setting(2e-3, "AdamW peak learning rate (warm-up cosine schedule, safeclip.schedule).", gt=0.0)
+    warmup_steps: int = setting(40, "Steps of linear warm-up multiplied into the cosine decay.", ge=1)
+    hidden_size: int = setting(96, "Width of both encoders.", ge=1)
+    num_layers: int = setting(3, "Transformer layers of each encoder.", ge=1)
+    num_heads: int = setting(4, "Attention heads of each encoder.", ge=1)
+    intermediate_size: int = setting(256, "Width of each MLP.", ge=1)
+    projection_dim: int = setting(96, "Dimension of the shared embedding space.", ge=1)
+    patch_size: int = setting(4, "Vision patch size in pixels.", ge=1)
+    vocab_size: int = setting(800, "Size of the BPE vocabulary trained on the world's captions.", ge=1)
+    max_text_length: int = setting(40, "Longest caption in tokens.", ge=2)
+    text_padding: str = setting("longest", "Pad captions to the longest one of the set ('longest': exact with CLIP's causal mask and end-token pooling, ~25% faster steps, benchmarks/pretrain_padding.py) or to max_text_length ('max_length').", choices=("longest", "max_length"))
+    batch_pairs: str = setting("scene", "'scene': every batch holds scenes with both their safe and unsafe pair (each pair is the other's hard negative); 'random': pairs drawn at random from all safe and unsafe pairs, as in web data.", choices=("scene", "random"))
 
 
 # Settings added after base folders were first built, with the value that reproduces those builds: at that
