@@ -378,5 +378,5 @@ def build_toxicity(spec: str) -> ToxicityScorer:
     spec = spec.strip()
     scorer = _build_local(spec, LexiconToxicity, HFToxicity)
     if scorer is None:
-        raise ValueError(f"unknown toxicity spec {spec!r}; accepted forms: {', '.join(TOXICITY_FORMS)}")
+        raise ConfigError(f"unknown toxicity spec {spec!r}; accepted forms: {', '.join(TOXICITY_FORMS)}")
     return scorer

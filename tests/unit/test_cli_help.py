@@ -92,9 +92,8 @@ def test_every_config_key_is_listed_with_its_default(path, settings, prefix):
 
 
 def test_compare_lists_safe_clip_keys_with_the_recipe_defaults():
-    from safeclip.config import load_config
-    from safeclip.demo import demo_config_path
+    from safeclip.methods.safe_clip import recipe_config
 
     text = flat(LEAVES[("compare",)].format_help())
-    for line in settings_lines(load_config(demo_config_path()), "safe-clip:"):
+    for line in settings_lines(recipe_config(), "safe-clip:"):
         assert line in text, line

@@ -45,15 +45,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def method_settings_help() -> str:
     """Every method's settings with their defaults, for ``--set METHOD:KEY=VALUE``."""
-    from safeclip.config import describe_settings, load_config
-    from safeclip.demo import demo_config_path
+    from safeclip.config import describe_settings
+    from safeclip.methods.safe_clip import recipe_config
     from safeclip.methods.safer_clip import SaferClipConfig
     from safeclip.methods.uwm import UwmConfig
 
     return "\n".join([
         "Method settings (--set METHOD:KEY=VALUE; the budget flags and the data/model/run keys are set by compare):",
         "safe-clip: any `safeclip train` key, defaults from its recipe src/safeclip/recipes/demo.yaml "
-        "(config=PATH replaces the recipe):", describe_settings(load_config(demo_config_path()), "safe-clip:"),
+        "(config=PATH replaces the recipe):", describe_settings(recipe_config(), "safe-clip:"),
         "safer-clip:", describe_settings(SaferClipConfig, "safer-clip:"),
         "uwm:", describe_settings(UwmConfig, "uwm:")])
 

@@ -35,6 +35,7 @@ import torch
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.data.quadruplets import MODALITIES, Quadruplet
+from safeclip.errors import ConfigError, DataError
 from safeclip.eval.allowed_access import PROTOCOL as ALLOWED_CAPTION
 from safeclip.eval.allowed_access import allowed_access_group
 from safeclip.eval.embed import embed_quadruplets
@@ -91,7 +92,7 @@ ZERO_SHOT_GROUP = "zero_shot"
 def protocol(name: str) -> Protocol:
     """The protocol registered as ``name``; an unknown name raises ValueError listing the known ones."""
     if name not in PROTOCOLS:
-        raise ValueError(f"unknown evaluation protocol {name!r}; known protocols: {', '.join(PROTOCOLS)}")
+        raise ConfigError(f"unknown evaluation protocol {name!r}; known protocols: {', '.join(PROTOCOLS)}")
     return PROTOCOLS[name]
 
 
@@ -104,7 +105,7 @@ def missing_modalities(protocols: Sequence[str], present: Sequence[str]) -> dict
 def require_modalities(protocols: Sequence[str], present: Sequence[str], source: str) -> None:
     """Raise ValueError naming ``source`` and what it lacks when one of ``protocols`` cannot run on it."""
     for name, lacking in missing_modalities(protocols, present).items():
-        raise ValueError(f"{source} has no {' and no '.join(lacking)}; the {name} protocol needs "
+        raise DataError(f"{source} has no {' and no '.join(lacking)}; the {name} protocol needs "
                          f"{' and '.join(protocol(name).needs)} ({protocol(name).caption})")
 
 

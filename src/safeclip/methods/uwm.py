@@ -7,7 +7,8 @@
     edit = select_edit(bundle, scores, UwmConfig())      # which weights, and their original values
     edit.apply(bundle); edit.undo(bundle)                # undo restores the exact (bit-identical) weights
 
-Steps (facts: ``/work/shared/notes/peers.md``; the authors' code is github.com/Moreno98/UWM):
+Steps (D'Incà et al., "Safe Vision-Language Models via Unsafe Weights Manipulation", 2025; the authors' code
+is github.com/Moreno98/UWM):
 
 1. Calibration on (safe, unsafe) pairs of the training data (paper: ~8k ViSU tuples; here the budget's
    ``calibration_rows``): texts t / t* through the text encoder, images v / v* through the vision encoder.
@@ -340,12 +341,12 @@ def check_saved_edit(out: Path, key: dict) -> None:
     """Raise ValueError when the edit saved in ``out`` was made from other inputs than ``key`` (naming them)."""
     saved = uwm_summary(out).get("key")
     if saved is None:
-        raise ValueError(f"{out} holds a UWM edit without a record of its inputs (an older version wrote it); "
+        raise ConfigError(f"{out} holds a UWM edit without a record of its inputs (an older version wrote it); "
                          "delete the folder to calibrate again, or use another output folder")
     changed = [f"settings.{k}" for k, v in key["settings"].items() if saved["settings"].get(k) != v]
     changed += [k for k, v in key.items() if k != "settings" and saved.get(k) != v]
     if changed:
-        raise ValueError(f"{out} holds a UWM edit made from other inputs ({', '.join(changed)}); "
+        raise ConfigError(f"{out} holds a UWM edit made from other inputs ({', '.join(changed)}); "
                          "delete the folder to calibrate again, or use another output folder")
 
 
