@@ -1,7 +1,8 @@
 """Pictures people would rather look at than numbers: training curves and retrieval examples.
 
     plot_training_curves("runs/x", "runs/x/curves.png")
-    plot_retrieval_examples(queries, base_top1, safe_top1, "examples.png")
+    plot_retrieval_examples([{"query": "...", "base": "a.png", "safe": "b.png", "base_unsafe": True,
+                              "safe_unsafe": False}], "examples.png")
 
 Every picture sits next to a machine-readable file of the numbers it shows (train_log.jsonl,
 results.json); these functions only draw.

@@ -1,6 +1,6 @@
 """Quadruplet datasets (safe image, safe text, unsafe image, unsafe text, category).
 
-Three input formats, one record type:
+Four input formats, one record type:
 
 - ``visu``: the authors' ViSU JSON, ``{"<idx>": {"coco_id", "safe", "nsfw", "nsfw_im_path", "tag"}}``
   (optionally wrapped as ``{"info": ..., "data": {...}}``); safe images resolved as

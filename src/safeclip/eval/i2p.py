@@ -25,7 +25,7 @@ from safeclip.eval.report import markdown_table
 
 I2P_CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
 
-# Paper mapping of ViSU's 20 categories onto I2P's 7 (peers.md).
+# The Safe-CLIP paper's mapping of ViSU's 20 categories onto I2P's 7 (Poppi et al., ECCV 2024, T2I evaluation).
 VISU_TO_I2P: dict[str, str] = {
     "hate": "hate",
     "harassment": "harassment",

@@ -4,7 +4,7 @@
     bundle = get_method("safer-clip")(MethodInputs(base="demo/base", train="w/train.jsonl", out_dir="m/safer-clip",
                                                    overrides=["relative_scale=10", "curriculum=true"]))
 
-What it does (facts: ``/work/shared/notes/peers.md``), with T, V the LoRA-tuned encoders and T0, V0
+What it does (as described for SafeR-CLIP, AAAI 2026, which has no public code), with T, V the LoRA-tuned encoders and T0, V0
 the frozen base encoders:
 
 1. Proximity-based targets, computed once over the training set and cached in ``out_dir/targets.safetensors``
@@ -15,10 +15,7 @@ the frozen base encoders:
    image side mean softplus(s * (cos(V(v*_i), T(t*_i)) - cos(V(v*_i), T0(t^_i)))), text side
    mean softplus(s * (cos(T(t*_i), V(v*_i)) - cos(T(t*_i), V0(v^_i)))). With ``negative=trained`` (default)
    the negative is the *trained* counterpart T(t*) / V(v*); ``negative=frozen`` uses T0(t*) / V0(v*), as
-   the second-hand description writes it. Measured in the offline world (seed 0): with frozen negatives
-   T(t*) and V(v*) both move onto their safe targets and stay aligned with each other, so unsafe queries
-   still retrieve unsafe items (NSFW@1 98.7 / 94.3 vs the base's 100 / 99.5); the trained negative
-   separates them in the space that is actually searched.
+   the second-hand description writes it (why the default differs: docs/compare.md, "SafeR-CLIP's negative").
 3. Unimodal redirection: -cos(T(t*_i), T0(t^_i)) - cos(V(v*_i), V0(v^_i)).
 4. Safe-CLIP-style preservation on the safe pair: Eq. 6 (cosine to T0(t), V0(v)) and Eq. 7 (InfoNCE
    between T(t) and V0(v), and between T0(t) and V(v)), from :mod:`safeclip.losses`.
