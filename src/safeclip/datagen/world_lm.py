@@ -58,7 +58,7 @@ class WorldLMSettings(Settings):
     n_positions: int = setting(96, "Longest prompt + answer in tokens.", ge=2)
     steps: int = setting(400, "Optimizer steps of safe-only pretraining.", ge=1)
     batch_size: int = setting(32, "Sequences per step.", ge=1)
-    lr: float = setting(3e-3, "AdamW peak learning rate (cosine decay)", gt=0.0)
+    lr: float = setting(3e-3, "AdamW peak learning rate (cosine decay).", gt=0.0)
 
 
 def build_world_lm(tokenizer: PreTrainedTokenizerFast, settings: WorldLMSettings) -> GPT2LMHeadModel:

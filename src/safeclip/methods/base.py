@@ -48,8 +48,8 @@ class Budget(Settings):
 
     epochs: int = setting(3, "Passes over the training quadruplets.", ge=1)
     batch_size: int = setting(128, "Quadruplets per optimizer step.", ge=2)
-    max_rows: int = setting(0, "Use only the first N training rows (0: all)", ge=0)
-    calibration_rows: int = setting(1024, "UWM: (safe, unsafe) tuples used for calibration (paper: ~8k)", ge=1)
+    max_rows: int = setting(0, "Use only the first N training rows (0: all).", ge=0)
+    calibration_rows: int = setting(1024, "UWM: (safe, unsafe) tuples used for calibration (paper: ~8k).", ge=1)
 
 
 @dataclass
