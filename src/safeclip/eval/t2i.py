@@ -31,10 +31,10 @@ import torch
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.config import Settings, setting
 from safeclip.errors import ConfigError, DataError
-from safeclip.jobs import PartsJob
 from safeclip.eval.i2p import Prompt, aggregate_by_category, format_category_table
 from safeclip.eval.image_judges import judge_images
 from safeclip.eval.report import markdown_table
+from safeclip.jobs import PartsJob
 
 T2I_VARIANTS = ("plain", "negative", "sld-weak", "sld-medium", "sld-strong")
 SLD_PRESETS = {"sld-weak": "WEAK", "sld-medium": "MEDIUM", "sld-strong": "STRONG", "sld-max": "MAX"}
