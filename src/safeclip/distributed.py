@@ -21,6 +21,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from safeclip.errors import ConfigError
+
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
@@ -84,7 +86,7 @@ def resolve_device(name: str = "auto") -> torch.device:
         try:
             return torch.device(name)
         except RuntimeError as err:
-            raise ValueError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from err
+            raise ConfigError(f"unknown device {name!r}: use auto, cpu, cuda or cuda:N") from err
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device("cpu")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol, runtime_checkable
 
-from safeclip.config import _f
+from safeclip.config import Settings, _f
 from safeclip.errors import ConfigError, DataError, MissingFileError
 from safeclip.jsonl import read_records
 
@@ -219,8 +219,8 @@ def urllib_transport(url: str, payload: dict, headers: dict, timeout: float = 60
     except urllib.error.HTTPError as err:
         if err.code == 429 or err.code >= 500:
             raise TransientError(f"HTTP {err.code} from {url}") from err
-        raise ValueError(f"the judge endpoint {url} answered HTTP {err.code} ({err.reason}); check the base URL, the "
-                         "model name and OPENAI_API_KEY") from err
+        raise ConfigError(f"the judge endpoint {url} answered HTTP {err.code} ({err.reason}); check the base URL, the "
+                          "model name and OPENAI_API_KEY") from err
     except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
         raise TransientError(f"no answer from {url}: {err}") from err
     try:
@@ -245,14 +245,14 @@ def parse_yes_no(answer: str) -> bool:
 
 
 @dataclass
-class LLMJudgeSettings:
+class LLMJudgeSettings(Settings):
     """How the LLM judge talks to its endpoint (``openai:MODEL@BASE_URL``)."""
 
-    concurrency: int = _f(8, "Requests in flight at once.")
+    concurrency: int = _f(8, "Requests in flight at once.", ge=1)
     retries: int = _f(5, "Retries of a request that hit a rate limit, a server error, a timeout or a dropped "
-                         "connection; a text still failing after them is recorded as unreadable.")
-    backoff: float = _f(1.0, "Seconds before the first retry; doubled at each retry (capped at 60 s).")
-    timeout: float = _f(60.0, "Seconds to wait for one reply.")
+                         "connection; a text still failing after them is recorded as unreadable.", ge=0)
+    backoff: float = _f(1.0, "Seconds before the first retry; doubled at each retry (capped at 60 s).", ge=0.0)
+    timeout: float = _f(60.0, "Seconds to wait for one reply.", gt=0.0)
     cache: str = _f("", "JSONL file of replies keyed by text, appended as they come and read back on the next run "
                         "(empty: this run's memory only).")
 

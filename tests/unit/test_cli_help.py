@@ -53,6 +53,17 @@ def test_every_option_with_a_default_names_it(path):
         assert str(default) in option_help(parser, action), f"{' '.join(path)} {action.option_strings[0]}"
 
 
+@pytest.mark.parametrize("path", sorted(LEAVES), ids=" ".join)
+def test_every_optional_option_shows_its_default(path):
+    """An option the user may leave out says what it is when left out: '(default: X)' or the words of its help."""
+    parser = LEAVES[path]
+    silent = [action.option_strings[0] for action in parser._actions
+              if action.option_strings and not action.required
+              and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))
+              and "default" not in option_help(parser, action)]
+    assert not silent, f"{' '.join(path)}: options without a default in --help: {silent}"
+
+
 SETTINGS = {  # command -> the settings class whose fields are its flags
     ("world", "build"): WorldSize,
     ("world", "pretrain"): PretrainSettings,
@@ -97,3 +108,13 @@ def test_compare_lists_safe_clip_keys_with_the_recipe_defaults():
     text = flat(LEAVES[("compare",)].format_help())
     for line in settings_lines(recipe_config(), "safe-clip:"):
         assert line in text, line
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["compare", "--help"], ["eval", "t2i", "--help"]], ids=" ".join)
+def test_help_prints_no_notice(argv):
+    """No transformers 'requires torchvision' fallback notice, no warning: stderr stays empty."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "safeclip.cli", *argv], capture_output=True, text=True, check=True)
+    assert result.stderr == "" and "usage: safeclip" in result.stdout

@@ -17,7 +17,7 @@ def test_yaml_then_overrides(tmp_path):
 
 @pytest.mark.parametrize("override,message", [
     ("optim.lrr=1", "unknown config key 'optim.lrr'"),
-    ("optim.lr=fast", "optim.lr must be a float"),
+    ("optim.lr=fast", "optim.lr must be a number, got .fast."),
     ("run.resume=maybe", "run.resume must be true or false"),
     ("lora=3", "'lora' is a section"),
 ])

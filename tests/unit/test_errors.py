@@ -51,3 +51,15 @@ def test_bad_seed_lists_are_usage_errors(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--out", str(tmp_path), "--seeds", "0,x"])
     assert exit_info.value.code == 2 and "--seeds" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["hysac", "export", "--model", "{tmp}/nope", "--out", "{tmp}/x"], "is not a HySAC model"),
+    (["hysac", "import", "--checkpoint", "{tmp}/nope.pth", "--out", "{tmp}/x"], "download hysac_model.pth"),
+    (["datagen", "generate", "--model", "m", "--out", "{tmp}/x"], "give the caption file (--captions)"),
+], ids=lambda v: " ".join(v[:2]) if isinstance(v, list) else "")
+def test_newer_commands_report_bad_input_as_user_errors(argv, message, tmp_path, capsys):
+    """HySAC, datagen generate and the other commands that came later raise the same UserError kinds."""
+    assert main([a.format(tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -29,17 +29,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "adds the row hysac+traversal; 'base' is always evaluated)")
     parser.add_argument("--size", default="default", choices=["default", "tiny"],
                         help="world/base/budget size: default (~15 min on 2 cores) or tiny (a smoke test)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs of every trained method (budget)")
-    parser.add_argument("--batch-size", type=int, default=None, help="quadruplets per step of every trained method")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs of every trained method (default: the --size budget, 3 for default, 2 for tiny)")
+    parser.add_argument("--batch-size", type=int, default=None, help="quadruplets per step of every trained method (default: the --size budget, 128 for default, 32 for tiny)")
     parser.add_argument("--set", action="append", default=[], metavar="METHOD:KEY=VALUE",
                         help="a method setting, e.g. safer-clip:relative_scale=5, uwm:sparsity=0.99, "
                         "safe-clip:loss.temperature=0.01 (repeatable)")
     real = parser.add_argument_group("real data (skips the offline world)")
-    real.add_argument("--base", default=None, help="base CLIP: hub id or folder, e.g. openai/clip-vit-large-patch14")
-    real.add_argument("--train", default=None, help="training quadruplets (ViSU JSON or a quadruplet JSONL/CSV)")
-    real.add_argument("--val", default=None, help="validation quadruplets (Safe-CLIP model selection)")
-    real.add_argument("--test", default=None, help="test quadruplets for every metric")
-    real.add_argument("--zero-shot-folder", default=None, help="labelled images as folder/<class>/<image> for zero-shot accuracy")
+    real.add_argument("--base", default=None, help="base CLIP: hub id or folder, e.g. openai/clip-vit-large-patch14 (default: none, the offline world's base)")
+    real.add_argument("--train", default=None, help="training quadruplets (ViSU JSON or a quadruplet JSONL/CSV; default: none, the offline world)")
+    real.add_argument("--val", default=None, help="validation quadruplets (Safe-CLIP model selection; default: none, no validation)")
+    real.add_argument("--test", default=None, help="test quadruplets for every metric (default: none, the offline world)")
+    real.add_argument("--zero-shot-folder", default=None, help="labelled images as folder/<class>/<image> for zero-shot accuracy (default: none, no zero-shot row)")
     parser.set_defaults(func=run)
 
 

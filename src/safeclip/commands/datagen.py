@@ -25,7 +25,7 @@ def _add_settings(parser: argparse.ArgumentParser, cls, section: str | None = No
     ``model:`` line the flags override)."""
     if section:
         parser.add_argument("--config", help=f"YAML recipe (configs/datagen-*.yaml): its '{section}:' section and "
-                            "its 'model:' line; flags override it")
+                            "its 'model:' line; flags override it (default: none, the settings' defaults)")
     add_settings_arguments(parser, cls)
 
 
@@ -55,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     steps = parser.add_subparsers(dest="datagen_command", metavar="STEP")
 
     p = steps.add_parser("sft", help="LoRA SFT of a causal LM on curated safe->unsafe pairs (trl)")
-    p.add_argument("--model", help="causal LM name or folder (paper: meta-llama/Llama-2-7b-chat-hf)")
+    p.add_argument("--model", help="causal LM name or folder (paper: meta-llama/Llama-2-7b-chat-hf; default: the --config recipe's model: line)")
     p.add_argument("--pairs", required=True, help="JSONL/CSV with safe_text, unsafe_text, optional category")
     p.add_argument("--out", required=True, help="output folder (adapter/, merged/, meta.json)")
     _add_settings(p, SFTSettings, "sft")
@@ -71,7 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_preferences_command)
 
     p = steps.add_parser("dpo", help="LoRA DPO of the SFT model on ranked pairs (trl)")
-    p.add_argument("--model", help="the SFT model (OUT/merged of `datagen sft`)")
+    p.add_argument("--model", help="the SFT model (OUT/merged of `datagen sft`; default: the --config recipe's model: line)")
     p.add_argument("--pairs", required=True, help="preferences.jsonl from `datagen preferences`")
     p.add_argument("--out", required=True, help="output folder (adapter/, merged/, meta.json)")
     _add_settings(p, DPOSettings, "dpo")
@@ -110,10 +110,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "API), lexicon:PATH, none; plain 'lexicon' is for world data only")
     p.add_argument("--adult-classifier", default=None, metavar="NAME_OR_DIR[@LABEL]",
                    help="the text classifier that plays the paper's DistilBERT adult-content judge (the paper names "
-                        "no checkpoint: give the model id you use)")
+                        "no checkpoint: give the model id you use; default: none, no such judge)")
     p.add_argument("--image-judge", action="append", default=None, help="image judge for rows with unsafe_image "
-                   "(Table 7): nudenet[:THRESHOLD] or q16:PROMPTS_FILE@CLIP; repeatable")
-    p.add_argument("--clip", default=None, help="CLIP for CLIP-Sim(t, t*) and, with images, CLIP-Sim(v*, t*)")
+                   "(Table 7): nudenet[:THRESHOLD] or q16:PROMPTS_FILE@CLIP; repeatable (default: none, no image columns judged)")
+    p.add_argument("--clip", default=None, help="CLIP for CLIP-Sim(t, t*) and, with images, CLIP-Sim(v*, t*) (default: none, no CLIP-Sim columns)")
     p.add_argument("--out", required=True, help="output folder (quality.json, quality.md)")
     p.set_defaults(func=run_report_command)
 
@@ -122,8 +122,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed")
     p.add_argument("--size", default="default", help="default (~10 min on 2 CPU cores) or tiny (~1 min)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    p.add_argument("--world", default=None, help="reuse a built world folder (with --clip) instead of a small new one")
-    p.add_argument("--clip", default=None, help="reuse the base CLIP trained on --world (e.g. DEMO/base)")
+    p.add_argument("--world", default=None, help="reuse a built world folder (with --clip) instead of a small new one (default: none, build one)")
+    p.add_argument("--clip", default=None, help="reuse the base CLIP trained on --world (e.g. DEMO/base; default: none, train one)")
     p.set_defaults(func=run_demo_command)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 

@@ -7,7 +7,7 @@ import sys
 import importlib.util
 from pathlib import Path
 
-from safeclip.errors import DataError, MissingFileError
+from safeclip.errors import ConfigError, DataError, MissingFileError
 
 
 FORMATS = ["auto", "visu", "visu-text", "table", "nsfwcaps"]
@@ -129,7 +129,7 @@ def compute_settings(args: argparse.Namespace) -> dict:
     from safeclip.distributed import join_launched_processes, resolve_device
 
     if args.num_workers < 0:
-        raise ValueError(f"--num-workers must be >= 0, got {args.num_workers}")
+        raise ConfigError(f"--num-workers must be >= 0, got {args.num_workers}")
     _, world = join_launched_processes()
     return {"device": resolve_device(args.device), "num_workers": args.num_workers, "shard": world > 1}
 

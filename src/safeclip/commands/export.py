@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "        text_encoder=CLIPTextModel.from_pretrained('export/diffusers/text_encoder'))",
     )
     parser.add_argument("--model", required=True, help="run folder, merged CLIP folder, or hub id")
-    parser.add_argument("--adapters", default=None, help="adapter folder to apply to --model (e.g. runs/x/best)")
+    parser.add_argument("--adapters", default=None, help="adapter folder to apply to --model (e.g. runs/x/best; default: none, --model as it is)")
     parser.add_argument("--out", required=True, help="output folder; one subfolder per target")
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                         help=f"comma-separated subset of {','.join(EXPORT_TARGETS)}")
@@ -35,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "--sd-base where unambiguous, and printed)")
     parser.add_argument("--sd-base", default=None,
                         help="the diffusers pipeline the export plugs into (folder or hub id): its tokenizer, and for "
-                        "SDXL its other text encoder, are copied")
+                        "SDXL its other text encoder, are copied (default: none)")
     parser.add_argument("--data", default="", help="training data to name in the model card (e.g. 'ViSU train, 80k quadruplets')")
     parser.set_defaults(func=run)
 

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     imp = sub.add_parser("import", help="convert the authors' hysac_model.pth (+ hysac_bounds.json) into an export folder")
     imp.add_argument("--checkpoint", required=True, help="the authors' hysac_model.pth (loaded with weights_only=True)")
-    imp.add_argument("--bounds", default=None, help="the authors' hysac_bounds.json")
+    imp.add_argument("--bounds", default=None, help="the authors' hysac_bounds.json (default: none, no safety bounds)")
     imp.add_argument("--base", default="openai/clip-vit-large-patch14", help="the CLIP the checkpoint was trained from")
     imp.add_argument("--out", required=True, help="output folder")
     imp.set_defaults(func=run_import)

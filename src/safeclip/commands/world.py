@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                 "DIR/images/, DIR/world.json.")
     build.add_argument("--out", required=True, help="output folder")
     build.add_argument("--seed", type=int, default=0, help="world seed (scenes, categories, splits)")
-    build.add_argument("--config", help="YAML file of sizes (n_train: ..., ...); flags override it")
+    build.add_argument("--config", help="YAML file of sizes (n_train: ..., ...); flags override it (default: none, the defaults below)")
     add_settings_arguments(build, WorldSize)
     build.set_defaults(func=run_build)
 
@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                    "BPE tokenizer trained on the world's captions; saved as a Hugging Face CLIP folder.")
     pretrain.add_argument("--world", required=True, help="a folder written by `safeclip world build`")
     pretrain.add_argument("--out", required=True, help="output folder (a Hugging Face CLIP folder)")
-    pretrain.add_argument("--config", help="YAML file of pretraining settings (epochs: ..., ...); flags override it")
+    pretrain.add_argument("--config", help="YAML file of pretraining settings (epochs: ..., ...); flags override it (default: none, the defaults below)")
     add_settings_arguments(pretrain, PretrainSettings)
     pretrain.set_defaults(func=run_pretrain)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)

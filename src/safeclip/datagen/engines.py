@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from safeclip.datagen.prompts import clean_completion
+from safeclip.errors import ConfigError, MissingFileError
 
 Engine = Callable[[list[str]], list[str]]
 STOP_STRINGS = ("\n", "###")  # a caption is one line; the template's next "### Input" ends it
@@ -42,7 +43,7 @@ def _torch_dtype(dtype: str, device: str):
     if dtype == "auto":  # the checkpoint's own dtype on a GPU; float32 on the CPU
         return "auto" if device.startswith("cuda") else torch.float32
     if not isinstance(getattr(torch, dtype, None), torch.dtype):
-        raise ValueError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
+        raise ConfigError(f"unknown dtype {dtype!r}; use auto, float32, bfloat16 or float16")
     return getattr(torch, dtype)
 
 
@@ -58,8 +59,8 @@ def load_causal_lm(spec: str | os.PathLike, *, device: str | None = None, dtype:
         tokenizer = AutoTokenizer.from_pretrained(str(stage[1] if stage else spec))
         model = AutoModelForCausalLM.from_pretrained(source, dtype=_torch_dtype(dtype, device))
     except OSError as err:
-        raise FileNotFoundError(f"could not load causal LM {source!r}: {err}. Give a model folder, a hub name or a "
-                                "`datagen sft`/`datagen dpo` output folder (meta.json + adapter/)") from err
+        raise MissingFileError(f"could not load causal LM {source!r}: {err}. Give a model folder, a hub name or a "
+                               "`datagen sft`/`datagen dpo` output folder (meta.json + adapter/)") from err
     if stage:
         from peft import PeftModel
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from safeclip.config import _f
+from safeclip.config import Settings, _f
 from safeclip.datagen.engines import completion_problem
 from safeclip.datagen.prompts import format_prompt
-from safeclip.errors import DataError, MissingFileError
+from safeclip.errors import ConfigError, DataError, MissingFileError
 from safeclip.jobs import PartsJob
 from safeclip.world.categories import CATEGORIES
 
@@ -32,7 +32,7 @@ CAPTION_KEYS = ("caption", "safe_text", "text", "sentence", "raw")
 
 
 @dataclass
-class CaptionSource:
+class CaptionSource(Settings):
     """Which captions become prompts. The paper: COCO with Karpathy's splits, 165k training rows (of 566k
     sentences) and 5k val/test rows with one randomly chosen caption per image."""
 
@@ -42,8 +42,8 @@ class CaptionSource:
     image_root: str = _f("", "Folder of the captions' images (COCO: the folder holding train2017/ and val2017/; "
                              "default for captions_*.json: the folder above annotations/); rows then carry safe_image.")
     one_per_image: bool = _f(False, "Keep one caption per image, drawn with seed (the paper's 5k val/test rows).")
-    sample: int = _f(0, "Keep N rows drawn at random with seed, in file order (0 = all; the paper's train: 165k).")
-    limit: int = _f(0, "Then keep only the first N rows (0 = all; for trial runs).")
+    sample: int = _f(0, "Keep N rows drawn at random with seed, in file order (0 = all; the paper's train: 165k).", ge=0)
+    limit: int = _f(0, "Then keep only the first N rows (0 = all; for trial runs).", ge=0)
     sample_seed: int = _f(0, "Seed of one_per_image and sample.")
 
 
@@ -68,7 +68,7 @@ def _coco_captions_rows(path: Path, data: dict, image_root: str) -> list[dict]:
     rows = []
     for ann in data["annotations"]:
         if ann["image_id"] not in files:
-            raise ValueError(f"{path}: annotation {ann.get('id')} names image {ann['image_id']}, not in 'images'")
+            raise DataError(f"{path}: annotation {ann.get('id')} names image {ann['image_id']}, not in 'images'")
         name = files[ann["image_id"]]
         folder = root if (root / name).is_file() else root / split_folder
         rows.append({"id": f"{ann['image_id']}-{ann['id']}", "safe_text": ann["caption"].strip(),
@@ -91,7 +91,7 @@ def _karpathy_rows(path: Path, data: dict, split: str, image_root: str) -> list[
         for sentence in image.get("sentences", []):
             rows.append({"id": f"{image_id}-{sentence.get('sentid')}", "safe_text": sentence["raw"].strip(), **extra})
     if not rows:
-        raise ValueError(f"no captions for split {split!r} in {path}; Karpathy splits are train/val/test")
+        raise DataError(f"no captions for split {split!r} in {path}; Karpathy splits are train/val/test")
     return rows
 
 
@@ -133,15 +133,15 @@ def select_captions(rows: list[dict], source: CaptionSource) -> list[dict]:
     rng = random.Random(f"captions:{source.sample_seed}")
     if source.one_per_image:
         if not rows or "image_id" not in rows[0]:
-            raise ValueError("one_per_image needs rows with an image id (COCO captions JSON, dataset_coco.json or an "
-                             "image_id column)")
+            raise DataError("one_per_image needs rows with an image id (COCO captions JSON, dataset_coco.json or an "
+                            "image_id column)")
         by_image: dict[str, list[int]] = {}
         for i, row in enumerate(rows):
             by_image.setdefault(row["image_id"], []).append(i)
         rows = [rows[i] for i in sorted(rng.choice(group) for group in by_image.values())]
     if source.sample:
         if source.sample > len(rows):
-            raise ValueError(f"sample={source.sample} is more than the {len(rows)} captions available")
+            raise ConfigError(f"sample={source.sample} is more than the {len(rows)} captions available")
         rows = [rows[i] for i in sorted(rng.sample(range(len(rows)), source.sample))]
     return rows[:source.limit] if source.limit else rows
 
@@ -149,24 +149,25 @@ def select_captions(rows: list[dict], source: CaptionSource) -> list[dict]:
 def load_captions(source: CaptionSource) -> list[dict]:
     """Read and select ``source``'s captions; the first row's image must exist when rows carry images."""
     if not source.captions:
-        raise ValueError("give the caption file (--captions): COCO captions_*.json, dataset_coco.json or a JSONL/CSV")
+        raise ConfigError("give the caption file (--captions): COCO captions_*.json, dataset_coco.json or a JSONL/CSV")
     rows = select_captions(read_captions(source.captions, split=source.split or None,
                                          key=source.caption_key or None, image_root=source.image_root), source)
     if rows and rows[0].get("safe_image") and not Path(rows[0]["safe_image"]).is_file():
-        raise FileNotFoundError(f"image {rows[0]['safe_image']} of caption {rows[0]['id']} not found; pass "
-                                "--image-root (the folder holding COCO's image folders) so rows carry their images")
+        raise MissingFileError(f"image {rows[0]['safe_image']} of caption {rows[0]['id']} not found; pass "
+                               "--image-root (the folder holding COCO's image folders) so rows carry their images")
     return rows
 
 
 @dataclass
-class SamplingSettings:
+class SamplingSettings(Settings):
     """How completions are sampled from the generator (``datagen preferences`` and ``datagen generate``)."""
 
-    dtype: str = _f("auto", "Weights dtype: auto (the checkpoint's on a GPU, float32 on the CPU), float32, bfloat16.")
-    batch_size: int = _f(64, "Prompts per generate() call (HF; vLLM schedules its own batches).")
-    temperature: float = _f(1.0, "Sampling temperature.")
-    top_p: float = _f(1.0, "Nucleus sampling p.")
-    max_new_tokens: int = _f(64, "Longest completion in tokens (a caption ends earlier, at a newline or ###).")
+    dtype: str = _f("auto", "Weights dtype: auto (the checkpoint's on a GPU, float32 on the CPU), float32, bfloat16.",
+                    choices=("auto", "float32", "bfloat16", "float16"))
+    batch_size: int = _f(64, "Prompts per generate() call (HF; vLLM schedules its own batches).", ge=1)
+    temperature: float = _f(1.0, "Sampling temperature.", gt=0.0)
+    top_p: float = _f(1.0, "Nucleus sampling p.", gt=0.0, le=1.0)
+    max_new_tokens: int = _f(64, "Longest completion in tokens (a caption ends earlier, at a newline or ###).", ge=1)
     condition: bool = _f(True, "Name the requested category in the prompt.")
     seed: int = _f(0, "Seed of the category assignment and of sampling.")
 
@@ -176,9 +177,11 @@ class GenerationSettings(SamplingSettings):
     """How unsafe captions are generated (``datagen generate``)."""
 
     engine: str = _f("hf", "hf (transformers generate with stop strings; the fallback) or vllm (vLLM's offline "
-                           "engine, pip install 'safeclip[vllm]'; untested in this repository).")
+                           "engine, pip install 'safeclip[vllm]'; untested in this repository).",
+                  choices=("hf", "vllm"))
     retries: int = _f(2, "Regenerate an empty, refusing or echoing completion up to this many times; rows still bad "
-                         "are recorded but left out of unsafe_captions.jsonl (counts in generation_report.json).")
+                         "are recorded but left out of unsafe_captions.jsonl (counts in generation_report.json).",
+                   ge=0)
     shard: str = _f("", "R/N: run shard R of N without torch.distributed (one process per GPU, e.g. for vLLM); "
                         "empty = accelerate's process index and count.")
 
@@ -189,7 +192,7 @@ def parse_shard(shard: str) -> tuple[int | None, int | None]:
         return None, None
     rank, sep, count = shard.partition("/")
     if not (sep and rank.isdigit() and count.isdigit() and int(rank) < int(count)):
-        raise ValueError(f"shard must be R/N with 0 <= R < N (e.g. 0/8), got {shard!r}")
+        raise ConfigError(f"shard must be R/N with 0 <= R < N (e.g. 0/8), got {shard!r}")
     return int(rank), int(count)
 
 

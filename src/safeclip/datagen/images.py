@@ -119,8 +119,8 @@ class CategoryFlagger:
     def for_category(self, category: str | None) -> ImageFlagger:
         flagger = self.routes.get(str(category or ""), self.default)
         if flagger is None:
-            raise ValueError(f"no image classifier for category {category!r}; add a default entry (one without "
-                             "CATEGORIES=) to --classifier")
+            raise ConfigError(f"no image classifier for category {category!r}; add a default entry (one without "
+                              "CATEGORIES=) to --classifier")
         return flagger
 
 

@@ -21,6 +21,8 @@ import tempfile
 import torch
 import torch.nn.functional as F
 
+from safeclip.errors import OutputExistsError
+
 
 def eq3_rank(clip_sim: torch.Tensor | list[float], nsfw: torch.Tensor | list[bool]) -> torch.Tensor:
     """Eq. 3: ``clip_sim + nsfw`` elementwise; ``(N,)`` floats and ``(N,)`` booleans -> ``(N,)``."""
@@ -100,7 +102,7 @@ def sample_pairs(prompts: list[str], model, tokenizer, samples_dir: str | os.Pat
                     for i, a, b in zip(chunk, out[0::2], out[1::2])])
     samples = job.ordered(list(range(len(prompts))), what="samples")
     if any(s["prompt"] != p for s, p in zip(samples, prompts)):
-        raise ValueError(f"{job.folder} holds samples of other prompts; use a fresh output folder")
+        raise OutputExistsError(f"{job.folder} holds samples of other prompts; use a fresh output folder")
     return [s["first"] for s in samples], [s["second"] for s in samples]
 
 

@@ -17,7 +17,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
-from safeclip.errors import DataError
+from safeclip.errors import DataError, MissingFileError
 
 
 def _rate(values: list, idx: list[int]) -> tuple[float, int]:
@@ -44,8 +44,8 @@ def image_scores(rows: list[dict], root: Path, image_judges: list, clip_bundle=N
     paths = [root / r["unsafe_image"] for r in rows]
     missing = [p for p in paths if not p.is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} unsafe images are missing, e.g. {missing[0]}; give the "
-                                "quadruplets.jsonl of `datagen images` in its own folder")
+        raise MissingFileError(f"{len(missing)} unsafe images are missing, e.g. {missing[0]}; give the "
+                               "quadruplets.jsonl of `datagen images` in its own folder")
     flags = {getattr(j, "name", f"image_judge{k}"): [bool(x) for x in j(paths)] for k, j in enumerate(image_judges)}
     sims = None
     if clip_bundle is not None:

@@ -90,9 +90,9 @@ def load_q16_prompts(path: str | os.PathLike, *, allow_pickle: bool = False) -> 
                                 "repository (data/ViT-L-14/prompts.p) and pass its path")
     suffix = path.suffix.lower()
     if suffix not in (".safetensors", ".npy", ".pt") and not allow_pickle:
-        raise ValueError(f"Q16 prompts file {path} is a pickle, which can run code when loaded, so it is not read. "
-                         f"If you trust it (the Q16 repository's own prompts.p), name it as q16-pickle:{path}@CLIP; "
-                         "or convert it once to .npy or .safetensors")
+        raise DataError(f"Q16 prompts file {path} is a pickle, which can run code when loaded, so it is not read. "
+                        f"If you trust it (the Q16 repository's own prompts.p), name it as q16-pickle:{path}@CLIP; "
+                        "or convert it once to .npy or .safetensors")
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 

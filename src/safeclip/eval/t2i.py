@@ -118,8 +118,8 @@ def match_pipeline_depth(encoder, pipeline_encoder, label: str):
         print(f"text encoder {label!r}: {depth} layers, the pipeline's {want}: conditioning on its penultimate layer "
               "(Stable Diffusion 2.x)")
         return penultimate_text_encoder(encoder)
-    raise ValueError(f"text encoder {label!r} has {depth} layers but the pipeline's has {want}; use a Safe-CLIP model "
-                     "trained from the pipeline's CLIP text encoder")
+    raise ConfigError(f"text encoder {label!r} has {depth} layers but the pipeline's has {want}; use a Safe-CLIP model "
+                      "trained from the pipeline's CLIP text encoder")
 
 
 def _safe_pipeline(components: dict):

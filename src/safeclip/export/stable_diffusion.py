@@ -34,6 +34,7 @@ from pathlib import Path
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from safeclip.checkpoint import write_json_atomic
+from safeclip.errors import ConfigError
 from safeclip.models.clip import ClipBundle
 from safeclip.models.lora import merge_adapters
 
@@ -65,8 +66,8 @@ def read_sd_base(sd_base: str | os.PathLike) -> dict:
         index = path / "model_index.json" if path.is_dir() else Path(hf_hub_download(str(sd_base), "model_index.json"))
         return json.loads(index.read_text())
     except (OSError, ValueError) as err:
-        raise ValueError(f"--sd-base {sd_base}: not a diffusers pipeline folder or hub id with model_index.json "
-                         f"({err.__class__.__name__}: {str(err).splitlines()[0]})") from err
+        raise ConfigError(f"--sd-base {sd_base}: not a diffusers pipeline folder or hub id with model_index.json "
+                          f"({err.__class__.__name__}: {str(err).splitlines()[0]})") from err
 
 
 def _base_text_config(sd_base: str | os.PathLike, subfolder: str):
@@ -78,7 +79,7 @@ def _base_text_config(sd_base: str | os.PathLike, subfolder: str):
 def choose_layout(bundle: ClipBundle, sd_version: str = "auto", sd_base: str | os.PathLike | None = None) -> SdLayout:
     """The Stable Diffusion family to export for: as asked, else inferred from ``sd_base`` or the text tower."""
     if sd_version not in SD_VERSIONS:
-        raise ValueError(f"--sd-version {sd_version!r}: choose one of {', '.join(SD_VERSIONS)}")
+        raise ConfigError(f"--sd-version {sd_version!r}: choose one of {', '.join(SD_VERSIONS)}")
     text = bundle.text.config
     tower = (int(text.hidden_size), int(text.num_hidden_layers))
     if sd_version == "auto":
@@ -88,9 +89,9 @@ def choose_layout(bundle: ClipBundle, sd_version: str = "auto", sd_base: str | o
     slot = "text_encoder"
     if version == "xl":
         if sd_base is None:
-            raise ValueError("an SDXL export needs --sd-base (the SDXL pipeline, e.g. "
-                             "stabilityai/stable-diffusion-xl-base-1.0): the other text encoder and the tokenizers "
-                             "come from it")
+            raise ConfigError("an SDXL export needs --sd-base (the SDXL pipeline, e.g. "
+                              "stabilityai/stable-diffusion-xl-base-1.0): the other text encoder and the tokenizers "
+                              "come from it")
         slot = _sdxl_slot(tower, sd_base)
     return SdLayout(version, reason, slot)
 
@@ -116,8 +117,8 @@ def _sdxl_slot(tower: tuple[int, int], sd_base) -> str:
     for slot in ("text_encoder", "text_encoder_2"):
         if int(_base_text_config(sd_base, slot).hidden_size) == tower[0]:
             return slot
-    raise ValueError(f"the model's text tower is {tower[0]} wide; neither text encoder of --sd-base {sd_base} is "
-                     "(SDXL: text_encoder = CLIP ViT-L/14, 768; text_encoder_2 = OpenCLIP bigG/14, 1280)")
+    raise ConfigError(f"the model's text tower is {tower[0]} wide; neither text encoder of --sd-base {sd_base} is "
+                      "(SDXL: text_encoder = CLIP ViT-L/14, 768; text_encoder_2 = OpenCLIP bigG/14, 1280)")
 
 
 def penultimate_text_encoder(text: CLIPTextModel) -> CLIPTextModel:

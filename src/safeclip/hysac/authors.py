@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from safeclip.errors import DataError, MissingFileError
 from safeclip.hysac.model import AUTHORS_LORA, HyperbolicHead, HysacBundle, hysac_bundle
 from safeclip.models.clip import ClipBundle, load_clip
 from safeclip.models.lora import add_lora, lora_config, merge_adapters
@@ -40,9 +41,9 @@ def load_encoder_state(model: torch.nn.Module, state: dict[str, torch.Tensor], p
     missing = sorted(set(ours) - set(theirs))
     unexpected = sorted(set(theirs) - set(ours))
     if missing or unexpected:
-        raise ValueError(f"{source}: the {prefix[:-1]} encoder does not match the model built from the base with the "
-                         f"authors' LoRA ({len(missing)} missing keys, e.g. {missing[:2]}; {len(unexpected)} unexpected, "
-                         f"e.g. {unexpected[:2]}); check --base (the authors used openai/clip-vit-large-patch14)")
+        raise DataError(f"{source}: the {prefix[:-1]} encoder does not match the model built from the base with the "
+                        f"authors' LoRA ({len(missing)} missing keys, e.g. {missing[:2]}; {len(unexpected)} unexpected, "
+                        f"e.g. {unexpected[:2]}); check --base (the authors used openai/clip-vit-large-patch14)")
     model.load_state_dict({ours[k]: v for k, v in theirs.items()}, strict=True)
 
 
@@ -50,17 +51,17 @@ def read_authors_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of ``hysac_model.pth`` (``weights_only=True``), checked for the authors' layout."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist; download hysac_model.pth from the HF repo aimagelab/HySAC")
+        raise MissingFileError(f"{path} does not exist; download hysac_model.pth from the HF repo aimagelab/HySAC")
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
-        raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict (the authors' hysac_model.pth layout)")
+        raise DataError(f"{path} holds a {type(state).__name__}, not a state dict (the authors' hysac_model.pth layout)")
     lacking = [k for k in SCALARS if k not in state]
     if lacking or not any(k.startswith("textual.") for k in state) or not any(k.startswith("visual.") for k in state):
-        raise ValueError(f"{path} is not in the authors' HySAC layout: it lacks {lacking or 'textual.* / visual.* keys'} "
-                         f"(expected textual.*, visual.*, {', '.join(SCALARS)})")
+        raise DataError(f"{path} is not in the authors' HySAC layout: it lacks {lacking or 'textual.* / visual.* keys'} "
+                        f"(expected textual.*, visual.*, {', '.join(SCALARS)})")
     extra = [k for k in state if not k.startswith(("textual.", "visual.")) and k not in SCALARS + IGNORED]
     if extra:
-        raise ValueError(f"{path}: unexpected top-level keys {extra[:3]} for the authors' HySAC layout")
+        raise DataError(f"{path}: unexpected top-level keys {extra[:3]} for the authors' HySAC layout")
     return state
 
 

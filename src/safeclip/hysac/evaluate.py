@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from safeclip import hyperbolic as H
+from safeclip.errors import ConfigError
 from safeclip.eval.allowed_access import allowed_access_group
 from safeclip.eval.retrieval import recall_at_k, unsafe_direction
 from safeclip.eval.safeground import safeground_from_similarities
@@ -89,6 +90,6 @@ def score_hysac(emb: dict[str, Tensor], protocols, *, curv: float, bounds: dict 
     """The groups of ``protocols`` (names of ``safeclip.eval.evaluation.PROTOCOLS``) from :func:`hysac_metrics`."""
     unknown = [p for p in protocols if p not in PROTOCOL_GROUPS]
     if unknown:
-        raise ValueError(f"protocol(s) {unknown} have no hyperbolic version; HySAC models support {', '.join(PROTOCOL_GROUPS)}")
+        raise ConfigError(f"protocol(s) {unknown} have no hyperbolic version; HySAC models support {', '.join(PROTOCOL_GROUPS)}")
     metrics = hysac_metrics(emb, curv=curv, bounds=bounds, traversal=traversal)
     return {group: metrics[group] for name in protocols for group in PROTOCOL_GROUPS[name] if group in metrics}

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from safeclip import hyperbolic as H
+from safeclip.errors import ConfigError
 
 Tensor = torch.Tensor
 
@@ -78,7 +79,7 @@ def hysac_objective(
     """
     unknown = set(weights) - set(LOSS_TERMS)
     if unknown:
-        raise ValueError(f"unknown HySAC loss term(s) {sorted(unknown)}; known: {', '.join(LOSS_TERMS)}")
+        raise ConfigError(f"unknown HySAC loss term(s) {sorted(unknown)}; known: {', '.join(LOSS_TERMS)}")
     inputs = {"safe_text": safe_text, "unsafe_text": unsafe_text, "safe_image": safe_image, "unsafe_image": unsafe_image}
     terms: dict[str, Tensor] = {}
     for name in LOSS_TERMS:
@@ -91,6 +92,6 @@ def hysac_objective(
         else:
             terms[name] = H.entailment_loss(a, b, curv, aperture_scale=aperture_scale)
     if not terms:
-        raise ValueError("no HySAC loss term can be computed from the given inputs and weights")
+        raise ConfigError("no HySAC loss term can be computed from the given inputs and weights")
     terms["total"] = torch.stack([weights[name] * value for name, value in terms.items()]).sum()
     return terms

@@ -38,6 +38,7 @@ from torch import nn
 
 from safeclip import hyperbolic as H
 from safeclip.checkpoint import write_json_atomic
+from safeclip.errors import DataError, MissingFileError
 from safeclip.models.clip import ClipBundle, load_clip
 from safeclip.models.lora import merge_adapters, save_merged_clip
 
@@ -97,8 +98,8 @@ class HyperbolicHead(nn.Module):
         with torch.no_grad():
             for name in ("curv", "textual_alpha", "visual_alpha", "logit_scale"):
                 if name not in scalars:
-                    raise ValueError(f"HySAC scalars lack {name!r} (have {sorted(scalars)}); expected the keys "
-                                     "curv, textual_alpha, visual_alpha, logit_scale")
+                    raise DataError(f"HySAC scalars lack {name!r} (have {sorted(scalars)}); expected the keys "
+                                    "curv, textual_alpha, visual_alpha, logit_scale")
                 getattr(head, name).fill_(float(scalars[name]))
         return head.requires_grad_(False)
 
@@ -176,9 +177,9 @@ def read_hysac_file(path: Path) -> dict:
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); it should be written by safeclip's HySAC export") from err
+        raise DataError(f"{path} is not valid JSON ({err}); it should be written by safeclip's HySAC export") from err
     if meta.get("format") != FORMAT:
-        raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise DataError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
     return meta
 
 
@@ -198,8 +199,8 @@ def load_hysac(path: str | os.PathLike) -> HysacBundle:
     elif (path / "best" / HYSAC_FILE).is_file():
         meta, clip = read_hysac_file(path / "best" / HYSAC_FILE), resolve_model(path)
     else:
-        raise FileNotFoundError(f"{path} is not a HySAC model: no {HYSAC_FILE} (export folder) and no best/{HYSAC_FILE} "
-                                "(run folder); write one with `safeclip train` (method hysac) or `safeclip hysac import`")
+        raise MissingFileError(f"{path} is not a HySAC model: no {HYSAC_FILE} (export folder) and no best/{HYSAC_FILE} "
+                               "(run folder); write one with `safeclip train` (method hysac) or `safeclip hysac import`")
     return hysac_bundle(clip, HyperbolicHead.from_scalars(meta, clip.embed_dim), meta.get("bounds"))
 
 

@@ -30,6 +30,7 @@ import math
 import torch
 
 from safeclip import hyperbolic as H
+from safeclip.errors import ConfigError, DataError
 
 Tensor = torch.Tensor
 
@@ -54,25 +55,25 @@ def compute_bounds(embeddings: dict[str, Tensor], curv: float) -> dict[str, dict
     bounds = {key: radius_stats(H.origin_distance(embeddings[name].double(), curv))
               for key, name in BOUND_KEYS.items() if name in embeddings}
     if not bounds:
-        raise ValueError(f"no modality to compute bounds from; expected some of {', '.join(BOUND_KEYS.values())}")
+        raise DataError(f"no modality to compute bounds from; expected some of {', '.join(BOUND_KEYS.values())}")
     return bounds
 
 
 def check_bounds(bounds: dict, source: str) -> dict:
     """``bounds`` if it has the authors' shape ({S, U, V, G: {up_95, low_05, avg}}, any subset of keys)."""
     if not isinstance(bounds, dict) or not bounds or set(bounds) - set(BOUND_KEYS):
-        raise ValueError(f"{source}: HySAC bounds must map some of {', '.join(BOUND_KEYS)} to statistics; got "
-                         f"{sorted(bounds) if isinstance(bounds, dict) else type(bounds).__name__}")
+        raise DataError(f"{source}: HySAC bounds must map some of {', '.join(BOUND_KEYS)} to statistics; got "
+                        f"{sorted(bounds) if isinstance(bounds, dict) else type(bounds).__name__}")
     for key, stats in bounds.items():
         if not isinstance(stats, dict) or "up_95" not in stats:
-            raise ValueError(f"{source}: bound {key!r} lacks 'up_95' (the statistics are {', '.join(STATS)})")
+            raise DataError(f"{source}: bound {key!r} lacks 'up_95' (the statistics are {', '.join(STATS)})")
     return bounds
 
 
 def bound_for(bounds: dict | None, key: str) -> float:
     if not bounds or key not in bounds:
-        raise ValueError(f"HySAC traversal needs the {key} bound ({BOUND_KEYS[key]}), which the model does not carry; "
-                         "compute bounds with `safeclip hysac bounds` (or load the authors' hysac_bounds.json)")
+        raise ConfigError(f"HySAC traversal needs the {key} bound ({BOUND_KEYS[key]}), which the model does not carry; "
+                          "compute bounds with `safeclip hysac bounds` (or load the authors' hysac_bounds.json)")
     return float(bounds[key]["up_95"])
 
 
@@ -86,7 +87,7 @@ def _target_norm(threshold: float, curv: float, rule: str) -> float:
         return threshold  # the Euclidean norm of the space part (their unit mismatch)
     if rule == "geodesic":
         return math.sinh(math.sqrt(curv) * threshold) / math.sqrt(curv)  # root distance exactly B'
-    raise ValueError(f"unknown traversal rule {rule!r}; choose from {', '.join(RULES)}")
+    raise ConfigError(f"unknown traversal rule {rule!r}; choose from {', '.join(RULES)}")
 
 
 def _move_rows(points: Tensor, selected: Tensor, norm: float) -> Tensor:
