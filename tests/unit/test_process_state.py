@@ -53,11 +53,14 @@ def test_import_and_load_leave_the_callers_settings_unchanged(tmp_path):
 
 
 def test_a_clean_command_prints_no_torchvision_notice(tmp_path):
+    """Build, pretrain and a LoRA training run (peft wraps the encoders): no notice, no warning."""
     world, base = tmp_path / "world", tmp_path / "base"
     sizes = ["--n-train", "16", "--n-val", "4", "--n-test", "4", "--n-found", "2", "--n-distractors", "2"]
     for argv in (["world", "build", "--out", str(world), *sizes],
                  ["world", "pretrain", "--world", str(world), "--out", str(base), "--epochs", "1", "--batch-size", "8",
-                  "--hidden-size", "16", "--num-layers", "1"]):
+                  "--hidden-size", "16", "--num-layers", "1"],
+                 ["train", f"model.name={base}", f"data.train={world / 'train.jsonl'}", "data.val=", "data.batch_size=8",
+                  "optim.epochs=1", "lora.r=2", "run.progress=false", f"run.out_dir={tmp_path / 'run'}"]):
         result = subprocess.run([sys.executable, "-m", "safeclip.cli", *argv], capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
         assert "requires torchvision" not in result.stderr and "Warning" not in result.stderr, result.stderr

@@ -64,7 +64,10 @@ def load_causal_lm(spec: str | os.PathLike, *, device: str | None = None, dtype:
     if stage:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(stage[1]))
+        from safeclip.models.lora import peft_wrapping
+
+        with peft_wrapping():
+            model = PeftModel.from_pretrained(model, str(stage[1]))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,9 +31,20 @@ def lora_config(r: int, alpha: float, dropout: float, target_modules: list[str])
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules), bias="none")
 
 
+@contextlib.contextmanager
+def peft_wrapping() -> Iterator[None]:
+    """While peft wraps a model: hide the one FutureWarning it causes by reading transformers' deprecated
+    ``is_gradient_checkpointing`` (peft's code, not ours; a clean run prints no warnings). Scoped: the caller's
+    warning filters are restored on exit."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def add_lora(encoder: torch.nn.Module, config: LoraConfig) -> PeftModel:
     """Wrap ``encoder`` with LoRA adapters; only the adapters are trainable afterwards."""
-    model = get_peft_model(encoder, config)
+    with peft_wrapping():
+        model = get_peft_model(encoder, config)
     for name, param in model.named_parameters():
         param.requires_grad_("lora_" in name)
     return model
@@ -81,10 +93,11 @@ def apply_adapters(bundle: ClipBundle, adapter_dir: str | os.PathLike, *, traina
         )
     out = copy.copy(bundle)
     text, vision = copy.deepcopy(bundle.text), copy.deepcopy(bundle.vision)
-    if (adapter_dir / TEXT_ADAPTER_DIR).is_dir():
-        text = PeftModel.from_pretrained(text, adapter_dir / TEXT_ADAPTER_DIR, is_trainable=trainable)
-    if (adapter_dir / VISION_ADAPTER_DIR).is_dir():
-        vision = PeftModel.from_pretrained(vision, adapter_dir / VISION_ADAPTER_DIR, is_trainable=trainable)
+    with peft_wrapping():
+        if (adapter_dir / TEXT_ADAPTER_DIR).is_dir():
+            text = PeftModel.from_pretrained(text, adapter_dir / TEXT_ADAPTER_DIR, is_trainable=trainable)
+        if (adapter_dir / VISION_ADAPTER_DIR).is_dir():
+            vision = PeftModel.from_pretrained(vision, adapter_dir / VISION_ADAPTER_DIR, is_trainable=trainable)
     out.text, out.vision = text.eval(), vision.eval()
     return out
 
