@@ -22,12 +22,13 @@ import json
 import os
 import random
 import shlex
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.config import Settings, section, setting
 from safeclip.datagen.dpo import DPOSettings, run_dpo
 from safeclip.datagen.engines import complete, hf_generator
 from safeclip.datagen.generate import assign_categories, generate_dataset, merge_parts
@@ -40,39 +41,43 @@ from safeclip.datagen.world_lm import WorldLMSettings, pretrain_world_lm
 from safeclip.eval.report import markdown_table
 from safeclip.errors import ConfigError, DataError, MissingFileError
 from safeclip.timing import StageClock
+from safeclip.world.build import WorldSize
 from safeclip.world.categories import CATEGORIES, MARKERS, PHRASES
+from safeclip.world.pretrain import PretrainSettings
 
 
 @dataclass
-class DatagenDemoSize:
-    """How big the demo is (default: ~10 minutes on 2 CPU cores; ``tiny`` for tests)."""
+class DatagenDemoSize(Settings):
+    """How big the demo is (default: ~10 minutes on 2 CPU cores; ``tiny`` for tests). A settings tree of
+    :mod:`safeclip.config`; each stage's seed is the run's seed."""
 
-    world: dict = field(default_factory=lambda: {"n_train": 2000, "n_val": 50, "n_test": 300, "n_found": 20,
-                                                 "n_distractors": 20})
-    clip: dict = field(default_factory=lambda: {"epochs": 3, "batch_size": 128, "hidden_size": 64, "num_layers": 2,
-                                                "intermediate_size": 128, "projection_dim": 64})
-    lm: dict = field(default_factory=lambda: {"steps": 1500, "batch_size": 32, "n_embd": 128})
-    sft: dict = field(default_factory=lambda: {"lora_r": 16, "lora_alpha": 32, "batch_size": 8, "lr": 3e-3,
-                                               "max_steps": 300, "target_modules": "c_attn,c_proj,c_fc"})
-    n_preference_captions: int = 300  # train captions sampled twice by the SFT model
-    dpo: dict = field(default_factory=lambda: {"lora_r": 8, "lora_alpha": 16, "beta": 0.1, "batch_size": 16,
-                                               "lr": 2e-3, "max_steps": 80, "target_modules": "c_attn,c_proj,c_fc"})
-    n_eval: int = 200  # held-out test captions in Table 1
-    n_generate: int = 60  # captions turned into a quadruplet set with the DPO model
-    temperature: float = 0.7  # sampling temperature for preferences, Table 1 and generation
+    world: WorldSize = section(lambda: WorldSize(n_train=2000, n_val=50, n_test=300, n_found=20, n_distractors=20),
+                               "Sizes of the world's splits and pools.")
+    clip: PretrainSettings = section(lambda: PretrainSettings(epochs=3, batch_size=128, hidden_size=64, num_layers=2,
+                                                              intermediate_size=128, projection_dim=64),
+                                     "The world's base CLIP (CLIP-Sim's text encoder, the image flagger).")
+    lm: WorldLMSettings = section(lambda: WorldLMSettings(steps=1500, batch_size=32, n_embd=128),
+                                  "The safe-only stand-in LM.")
+    sft: SFTSettings = section(lambda: SFTSettings(lora_r=16, lora_alpha=32, batch_size=8, lr=3e-3, max_steps=300,
+                                                   target_modules="c_attn,c_proj,c_fc"), "LoRA SFT on the curated pairs.")
+    n_preference_captions: int = setting(300, "Train captions sampled twice by the SFT model.", ge=1)
+    dpo: DPOSettings = section(lambda: DPOSettings(lora_r=8, lora_alpha=16, beta=0.1, batch_size=16, lr=2e-3,
+                                                   max_steps=80, target_modules="c_attn,c_proj,c_fc"),
+                               "LoRA DPO on the preference pairs.")
+    n_eval: int = setting(200, "Held-out test captions in Table 1.", ge=1)
+    n_generate: int = setting(60, "Captions turned into a quadruplet set with the DPO model.", ge=1)
+    temperature: float = setting(0.7, "Sampling temperature for preferences, Table 1 and generation.", gt=0.0)
 
 
 def tiny_size() -> DatagenDemoSize:
-    return DatagenDemoSize(world={"n_train": 200, "n_val": 10, "n_test": 40, "n_found": 4, "n_distractors": 4},
-                           clip={"epochs": 1, "batch_size": 64, "hidden_size": 32, "num_layers": 1,
-                                 "intermediate_size": 64, "projection_dim": 32},
-                           lm={"steps": 30, "n_embd": 32, "n_layer": 1},
-                           sft={"lora_r": 4, "lora_alpha": 8, "batch_size": 8, "lr": 5e-3, "max_steps": 4,
-                                "target_modules": "c_attn,c_proj,c_fc"},
-                           n_preference_captions=24,
-                           dpo={"lora_r": 4, "lora_alpha": 8, "batch_size": 8, "lr": 5e-3, "max_steps": 2,
-                                "target_modules": "c_attn,c_proj,c_fc"},
-                           n_eval=20, n_generate=6)
+    """A smoke-test size: about a minute on 2 CPU cores."""
+    lora = {"lora_r": 4, "lora_alpha": 8, "batch_size": 8, "lr": 5e-3, "target_modules": "c_attn,c_proj,c_fc"}
+    return DatagenDemoSize(world=WorldSize(n_train=200, n_val=10, n_test=40, n_found=4, n_distractors=4),
+                           clip=PretrainSettings(epochs=1, batch_size=64, hidden_size=32, num_layers=1,
+                                                 intermediate_size=64, projection_dim=32),
+                           lm=WorldLMSettings(steps=30, n_embd=32, n_layer=1),
+                           sft=SFTSettings(**lora, max_steps=4), n_preference_captions=24,
+                           dpo=DPOSettings(**lora, max_steps=2), n_eval=20, n_generate=6)
 
 
 SIZES = {"default": DatagenDemoSize, "tiny": tiny_size}
@@ -206,66 +211,44 @@ def datasets_progress_bars(enabled: bool):
             datasets_logging.enable_progress_bar()
 
 
-def _run_stages(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemoSize | str | None = None,
-                     progress: bool = True, world_dir: str | os.PathLike | None = None,
-                     clip_dir: str | os.PathLike | None = None) -> dict:
-    """Run every stage into ``out``; returns the ``table1.json`` content.
-
-    ``world_dir`` and ``clip_dir`` reuse an already built world (``safeclip world build``) and its base CLIP
-    (``safeclip world pretrain``, or ``base/`` of ``safeclip demo``) instead of building small ones.
-    """
-    from safeclip.data.quadruplets import read_rows
-    from safeclip.judges import build_judge, build_toxicity
-    from safeclip.models.clip import load_clip
-    from safeclip.world import build_world, pretrain_base
-
-    size_name = size if isinstance(size, str) else "custom" if size else "default"
+def _demo_size(size: DatagenDemoSize | str | None) -> tuple[DatagenDemoSize, str]:
+    """The size object and the name the reproduce command gives it."""
     if isinstance(size, str):
         if size not in SIZES:
             raise ConfigError(f"unknown demo size {size!r}; choose one of {sorted(SIZES)}")
-        size = SIZES[size]()
-    size = size or DatagenDemoSize()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    clock = StageClock("datagen demo")
-    seconds, stage = clock.seconds, clock.stage
+        return SIZES[size](), size
+    return size or DatagenDemoSize(), "custom" if size else "default"
 
-    def done(folder: Path) -> bool:
-        return (folder / "meta.json").is_file() and (folder / "merged" / "config.json").is_file()
+
+def _merged_done(folder: Path) -> bool:
+    return (folder / "meta.json").is_file() and (folder / "merged" / "config.json").is_file()
+
+
+def _world_and_clip(out: Path, size: DatagenDemoSize, seed: int, progress: bool, world_dir, clip_dir) -> tuple[Path, Path]:
+    """Stage 1: the given world and base CLIP, or small new ones in ``out/world`` and ``out/clip``."""
+    from safeclip.world import build_world, pretrain_base
 
     print(f"[datagen demo] 1/7 world and base CLIP -> {out / 'world'}, {out / 'clip'}", flush=True)
     if (world_dir is None) != (clip_dir is None):
         raise ConfigError("give both --world and --clip (a world and the base CLIP trained on it) or neither")
     if world_dir is not None:
-        world, clip_dir = Path(world_dir), Path(clip_dir)
+        world = Path(world_dir)
         if not (world / "world.json").is_file():
             raise MissingFileError(f"{world} is not a built world (no world.json); run `safeclip world build`")
-    else:
-        world = Path(build_world(out / "world", seed=seed, progress=progress, **size.world))
-        clip_dir = Path(pretrain_base(world, out / "clip", seed=seed, progress=progress, **size.clip))
-    clip = load_clip(clip_dir)
-    judge = build_judge("lexicon")
-    train_rows, test_rows = read_rows(world / "train.jsonl"), read_rows(world / "test.jsonl")
-    stage("world+clip")
+        return world, Path(clip_dir)
+    world = Path(build_world(out / "world", seed=seed, progress=progress, **asdict(size.world)))
+    return world, Path(pretrain_base(world, out / "clip", progress=progress, **{**asdict(size.clip), "seed": seed}))
 
-    print(f"[datagen demo] 2/7 safe-only LM -> {out / 'lm'}", flush=True)
-    all_captions = [r["safe_text"] for r in train_rows] + [r["unsafe_text"] for r in train_rows]
-    lm_dir = pretrain_world_lm([r["safe_text"] for r in train_rows], all_captions, out / "lm",
-                               WorldLMSettings(seed=seed, **size.lm), progress=progress)
-    stage("lm")
 
-    print(f"[datagen demo] 3/7 SFT on 100 curated pairs -> {out / 'sft'}", flush=True)
-    pairs = curated_pairs(train_rows, seed=seed)
-    if not done(out / "sft"):
-        write_jsonl(out / "sft" / "pairs.jsonl", pairs)
-        run_sft(lm_dir, pairs, out / "sft", SFTSettings(seed=seed, **size.sft), progress=progress)
-    stage("sft")
+def _preference_pairs(out: Path, size: DatagenDemoSize, seed: int, progress: bool, train_rows: list[dict],
+                      pairs: list[dict], clip, judge) -> list[dict]:
+    """Stage 4: two SFT samples per unused train caption, ranked by Eq. 3 (``out/preferences``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"[datagen demo] 4/7 preference pairs (Eq. 3) -> {out / 'preferences'}", flush=True)
+    from safeclip.data.quadruplets import read_rows
+
     prefs_path = out / "preferences" / "preferences.jsonl"
     if not prefs_path.is_file():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         used = {p["id"] for p in pairs}
         rng = random.Random(f"prefs:{seed}")
         pool = [r for r in train_rows if r["id"] not in used]
@@ -277,30 +260,25 @@ def _run_stages(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemoSize 
                                  assign_categories(len(chosen), seed + 1), clip, judge,
                                  temperature=size.temperature, progress=progress, samples_dir=out / "preferences")
         write_jsonl(prefs_path, prefs)
-    prefs = read_rows(prefs_path)
-    stage("preferences")
+    return read_rows(prefs_path)
 
-    print(f"[datagen demo] 5/7 DPO on {len(prefs)} pairs -> {out / 'dpo'}", flush=True)
-    if not done(out / "dpo"):
-        run_dpo(out / "sft" / "merged", prefs, out / "dpo", DPOSettings(seed=seed, **size.dpo), progress=progress)
-    stage("dpo")
 
-    print("[datagen demo] 6/7 Table 1 on held-out test captions", flush=True)
+def _table1(out: Path, size: DatagenDemoSize, seed: int, test_rows: list[dict], generators: dict, clip, judge,
+            command: str, facts: dict) -> dict:
+    """Stage 6: Table 1 (NSFW rate, CLIP-Sim, Eq. 3 rank) of each generator on held-out test captions;
+    writes ``table1.json`` / ``table1.md`` and returns the rows."""
     eval_rows = test_rows[:size.n_eval]
     captions = [r["safe_text"] for r in eval_rows]
     categories = assign_categories(len(eval_rows), seed + 2)
     table, samples = {}, {}
-    for name, folder in (("base", lm_dir), ("sft", out / "sft" / "merged"), ("dpo", out / "dpo" / "merged")):
+    for name, folder in generators.items():
         table[name], samples[name] = evaluate_generator(Path(folder), captions, categories, clip, judge,
                                                         temperature=size.temperature, seed=seed)
-    command = f"safeclip datagen demo --out {shlex.quote(str(out))} --seed {seed} --size {size_name}"
-    if world_dir is not None:
-        command += f" --world {shlex.quote(str(world))} --clip {shlex.quote(str(clip_dir))}"
     examples = [{"safe_text": c, "category": k, **{n: samples[n][i] for n in samples}}
                 for i, (c, k) in enumerate(zip(captions[:8], categories[:8]))]
-    result = {"rows": table, "n_eval": len(eval_rows), "n_preference_pairs": len(prefs), "judge": judge.name,
-              "clip": str(clip_dir), "temperature": size.temperature, "seed": seed, "command": command,
-              "size": asdict(size), "examples": examples}
+    result = {"rows": table, "n_eval": len(eval_rows), "n_preference_pairs": facts["n_preference_pairs"],
+              "judge": judge.name, "clip": facts["clip"], "temperature": size.temperature, "seed": seed,
+              "command": command, "size": asdict(size), "examples": examples}
     write_json_atomic(out / "table1.json", result)
     md = ["# Table 1 in the miniature world", "", f"`{command}`", "",
           f"{len(eval_rows)} held-out test captions, one sample each (temperature {size.temperature}), category "
@@ -309,13 +287,21 @@ def _run_stages(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemoSize 
           format_table1(table), "## Examples", "", "| t | category | base | sft | dpo |", "|---|---|---|---|---|"]
     md += [f"| {e['safe_text']} | {e['category']} | {e['base']} | {e['sft']} | {e['dpo']} |" for e in examples]
     write_text_atomic(out / "table1.md", "\n".join(md) + "\n")
-    stage("table1")
+    return table
 
-    print(f"[datagen demo] 7/7 dataset, images and quality report -> {out / 'generated'}", flush=True)
+
+def _generated_set(out: Path, size: DatagenDemoSize, seed: int, progress: bool, world: Path, test_rows: list[dict],
+                   clip, judge) -> tuple[dict, Path]:
+    """Stage 7: captions from the DPO model, images by the world renderer kept by the CLIP flagger, the
+    quality report (``out/generated``) and the diffusers wiring rows (``out/diffusers``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from safeclip.data.quadruplets import read_rows
+    from safeclip.judges import build_toxicity
+
+    start = size.n_eval - size.n_generate if size.n_eval >= size.n_generate else 0
     gen_rows = [{"id": r["id"], "safe_text": r["safe_text"], "safe_image": r["safe_image"], "attributes": r["attributes"]}
-                for r in test_rows[size.n_eval - size.n_generate if size.n_eval >= size.n_generate else 0:][:size.n_generate]]
+                for r in test_rows[start:][:size.n_generate]]
     dpo_model = AutoModelForCausalLM.from_pretrained(out / "dpo" / "merged").eval()
     dpo_tok = AutoTokenizer.from_pretrained(out / "dpo" / "merged")
     torch.manual_seed(seed)
@@ -333,6 +319,62 @@ def _run_stages(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemoSize 
     write_quality(out / "generated", report)
     wiring = generate_images(generated[:2], out / "diffusers", _tiny_renderer(clip), lambda ims, ps: [1.0] * len(ims),
                              seeds=(1234,), rank=0, world_size=1, progress=False)
+    return report, wiring
+
+
+def _run_stages(out: str | os.PathLike, *, seed: int = 0, size: DatagenDemoSize | str | None = None,
+                progress: bool = True, world_dir: str | os.PathLike | None = None,
+                clip_dir: str | os.PathLike | None = None) -> dict:
+    """The seven stages of :func:`run_datagen_demo`, in order, each timed."""
+    from safeclip.data.quadruplets import read_rows
+    from safeclip.judges import build_judge
+    from safeclip.models.clip import load_clip
+
+    size, size_name = _demo_size(size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    clock = StageClock("datagen demo")
+    seconds, stage = clock.seconds, clock.stage
+
+    world, clip_dir = _world_and_clip(out, size, seed, progress, world_dir, clip_dir)
+    clip = load_clip(clip_dir)
+    judge = build_judge("lexicon")
+    train_rows, test_rows = read_rows(world / "train.jsonl"), read_rows(world / "test.jsonl")
+    stage("world+clip")
+
+    print(f"[datagen demo] 2/7 safe-only LM -> {out / 'lm'}", flush=True)
+    all_captions = [r["safe_text"] for r in train_rows] + [r["unsafe_text"] for r in train_rows]
+    lm_dir = pretrain_world_lm([r["safe_text"] for r in train_rows], all_captions, out / "lm",
+                               replace(size.lm, seed=seed), progress=progress)
+    stage("lm")
+
+    print(f"[datagen demo] 3/7 SFT on 100 curated pairs -> {out / 'sft'}", flush=True)
+    pairs = curated_pairs(train_rows, seed=seed)
+    if not _merged_done(out / "sft"):
+        write_jsonl(out / "sft" / "pairs.jsonl", pairs)
+        run_sft(lm_dir, pairs, out / "sft", replace(size.sft, seed=seed), progress=progress)
+    stage("sft")
+
+    print(f"[datagen demo] 4/7 preference pairs (Eq. 3) -> {out / 'preferences'}", flush=True)
+    prefs = _preference_pairs(out, size, seed, progress, train_rows, pairs, clip, judge)
+    stage("preferences")
+
+    print(f"[datagen demo] 5/7 DPO on {len(prefs)} pairs -> {out / 'dpo'}", flush=True)
+    if not _merged_done(out / "dpo"):
+        run_dpo(out / "sft" / "merged", prefs, out / "dpo", replace(size.dpo, seed=seed), progress=progress)
+    stage("dpo")
+
+    print("[datagen demo] 6/7 Table 1 on held-out test captions", flush=True)
+    command = f"safeclip datagen demo --out {shlex.quote(str(out))} --seed {seed} --size {size_name}"
+    if world_dir is not None:
+        command += f" --world {shlex.quote(str(world))} --clip {shlex.quote(str(clip_dir))}"
+    generators = {"base": lm_dir, "sft": out / "sft" / "merged", "dpo": out / "dpo" / "merged"}
+    table = _table1(out, size, seed, test_rows, generators, clip, judge, command,
+                    {"n_preference_pairs": len(prefs), "clip": str(clip_dir)})
+    stage("table1")
+
+    print(f"[datagen demo] 7/7 dataset, images and quality report -> {out / 'generated'}", flush=True)
+    report, wiring = _generated_set(out, size, seed, progress, world, test_rows, clip, judge)
     stage("generate+images+report")
     write_json_atomic(out / "timing.json", {**seconds, "total": sum(seconds.values())})
     print(format_table1(table))

@@ -196,6 +196,29 @@ def load_or_compute_targets(bundle: ClipBundle, dataset: QuadrupletDataset, cfg:
     return tensors
 
 
+def safer_clip_step(text, vision, batch: dict, ref: dict, cfg: SaferClipConfig, optimizer, device) -> dict:
+    """One optimizer step on a collated batch: embed both sides with the adapted encoders, take the frozen
+    references and proximity targets of its rows from ``ref``, and step on :func:`safer_clip_terms`'s total."""
+    b = batch["index"]
+    batch = {k: v.to(device) for k, v in batch.items()}
+    frozen = {"safe_text": ref["safe_text"][b], "safe_image": ref["safe_image"][b],
+              "unsafe_text": ref["unsafe_text"][b], "unsafe_image": ref["unsafe_image"][b],
+              "text_target": ref["safe_text"][ref["text_target"][b]],
+              "image_target": ref["safe_image"][ref["image_target"][b]]}
+    frozen = {k: v.to(device) for k, v in frozen.items()}
+    n = len(b)
+    ids = torch.cat([batch["safe_input_ids"], batch["unsafe_input_ids"]])
+    mask = torch.cat([batch["safe_attention_mask"], batch["unsafe_attention_mask"]])
+    text_emb = encode_token_batch(text, ids, mask)  # (2B, D): safe then unsafe
+    image_emb = encode_pixel_batch(vision, torch.cat([batch["safe_pixels"], batch["unsafe_pixels"]]))
+    terms = safer_clip_terms(safe_text=text_emb[:n], unsafe_text=text_emb[n:], safe_image=image_emb[:n],
+                             unsafe_image=image_emb[n:], ref=frozen, cfg=cfg)
+    optimizer.zero_grad(set_to_none=True)
+    terms["total"].backward()
+    optimizer.step()
+    return terms
+
+
 def run_safer_clip(inputs: MethodInputs) -> ClipBundle:
     """Train SafeR-CLIP LoRA adapters on ``inputs.train`` (or reuse them); returns the safe bundle."""
     cfg = load_settings(SaferClipConfig, overrides=inputs.overrides, prefix="safer-clip:")
@@ -242,23 +265,7 @@ def run_safer_clip(inputs: MethodInputs) -> ClipBundle:
             loader = DataLoader(Subset(dataset, indices), batch_size=min(budget.batch_size, len(indices)), shuffle=True,
                                 drop_last=True, collate_fn=collate, generator=generator, num_workers=cfg.num_workers)
             for batch in loader:
-                b = batch["index"]
-                batch = {k: v.to(device) for k, v in batch.items()}
-                frozen = {"safe_text": ref["safe_text"][b], "safe_image": ref["safe_image"][b],
-                          "unsafe_text": ref["unsafe_text"][b], "unsafe_image": ref["unsafe_image"][b],
-                          "text_target": ref["safe_text"][ref["text_target"][b]],
-                          "image_target": ref["safe_image"][ref["image_target"][b]]}
-                frozen = {k: v.to(device) for k, v in frozen.items()}
-                n = len(b)
-                ids = torch.cat([batch["safe_input_ids"], batch["unsafe_input_ids"]])
-                mask = torch.cat([batch["safe_attention_mask"], batch["unsafe_attention_mask"]])
-                text_emb = encode_token_batch(text, ids, mask)  # (2B, D): safe then unsafe
-                image_emb = encode_pixel_batch(vision, torch.cat([batch["safe_pixels"], batch["unsafe_pixels"]]))
-                terms = safer_clip_terms(safe_text=text_emb[:n], unsafe_text=text_emb[n:], safe_image=image_emb[:n],
-                                         unsafe_image=image_emb[n:], ref=frozen, cfg=cfg)
-                optimizer.zero_grad(set_to_none=True)
-                terms["total"].backward()
-                optimizer.step()
+                terms = safer_clip_step(text, vision, batch, ref, cfg, optimizer, device)
                 step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{terms['total'].item():.3f}", stage=epoch_stage(epoch, epochs))
