@@ -1,6 +1,7 @@
 """``safeclip datagen demo --size tiny`` end to end: Table 1 shape, cached stages, generated quadruplets."""
 
 import json
+import warnings
 
 import pytest
 
@@ -11,7 +12,12 @@ def test_datagen_demo_tiny(tmp_path):
     from safeclip.cli import main
 
     out = tmp_path / "demo"
-    assert main(["datagen", "demo", "--out", str(out), "--size", "tiny", "--no-progress"]) == 0
+    with warnings.catch_warnings(record=True) as caught:  # a clean run warns about nothing a user would see
+        warnings.simplefilter("always")
+        assert main(["datagen", "demo", "--out", str(out), "--size", "tiny", "--no-progress"]) == 0
+    shown = [f"{w.category.__name__}: {w.message}"[:200] for w in caught
+             if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))]
+    assert not shown, shown
     table = json.loads((out / "table1.json").read_text())
     assert set(table["rows"]) == {"base", "sft", "dpo"}
     for row in table["rows"].values():

@@ -153,7 +153,10 @@ def clip_flagger(clip_bundle, safe_texts: dict[str, str]):
 
 def tiny_diffusers_pipeline(clip_bundle):
     """A randomly initialised Stable Diffusion pipeline around the world CLIP text encoder (wiring only)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from safeclip.models.clip import quiet_transformers
+
+    with quiet_transformers():  # diffusers' import names transformers' image processors (torchvision notice)
+        from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextModel
 
@@ -173,7 +176,7 @@ def tiny_diffusers_pipeline(clip_bundle):
                             up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), block_out_channels=(8, 8),
                             latent_channels=4, norm_num_groups=8, sample_size=16)
         return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_bundle.tokenizer, unet=unet,
-                                       scheduler=DDIMScheduler(), safety_checker=None, feature_extractor=None,
+                                       scheduler=DDIMScheduler(steps_offset=1, clip_sample=False), safety_checker=None, feature_extractor=None,
                                        requires_safety_checker=False)
     finally:
         diffusers_logging.set_verbosity(level)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from safeclip.config import Settings, setting
-from safeclip.datagen.sft import _load, lora_config, save_trained
+from safeclip.datagen.sft import _load, lora_config, save_trained, trl_config
 from safeclip.errors import DataError
 
 
@@ -45,22 +45,21 @@ def run_dpo(model: str | os.PathLike, pairs: list[dict], out_dir: str | os.PathL
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
+    from safeclip.models.lora import quiet_checkpointing_alias
+
     settings = settings or DPOSettings()
     rows = [{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs]
     if not rows:
         raise DataError("DPO needs at least one preference pair (all pairs tied? sample more captions)")
     out = Path(out_dir)
     lm, tokenizer = _load(model, settings.bf16)
-    args = DPOConfig(output_dir=str(out / "trainer"), beta=settings.beta, per_device_train_batch_size=settings.batch_size,
-                     gradient_accumulation_steps=settings.gradient_accumulation, learning_rate=settings.lr,
-                     num_train_epochs=settings.epochs, max_steps=settings.max_steps, max_length=settings.max_length,
-                     seed=settings.seed, bf16=settings.bf16, gradient_checkpointing=settings.gradient_checkpointing,
-                     logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=not progress,
-                     **settings.extra)
-    trainer = DPOTrainer(model=lm, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
-                         peft_config=lora_config(settings.lora_r, settings.lora_alpha, settings.lora_dropout,
-                                                 settings.target_modules))
-    trainer.train()
+    args = trl_config(DPOConfig, settings, out, progress, beta=settings.beta)
+    with quiet_checkpointing_alias():
+        trainer = DPOTrainer(model=lm, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer,
+                             peft_config=lora_config(settings.lora_r, settings.lora_alpha, settings.lora_dropout,
+                                                     settings.target_modules, lm))
+    with quiet_checkpointing_alias():
+        trainer.train()
     if return_trainer:
         return trainer
     meta = {"stage": "dpo", "base_model": str(model), "settings": asdict(settings), "n_pairs": len(rows),

@@ -64,9 +64,9 @@ def load_causal_lm(spec: str | os.PathLike, *, device: str | None = None, dtype:
     if stage:
         from peft import PeftModel
 
-        from safeclip.models.lora import peft_wrapping
+        from safeclip.models.lora import quiet_checkpointing_alias
 
-        with peft_wrapping():
+        with quiet_checkpointing_alias():
             model = PeftModel.from_pretrained(model, str(stage[1]))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token

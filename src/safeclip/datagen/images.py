@@ -47,7 +47,10 @@ def diffusers_renderer(pipeline, *, steps: int = 30, guidance_scale: float = 7.5
     import torch
 
     if isinstance(pipeline, (str, os.PathLike)):
-        from diffusers import AutoPipelineForText2Image
+        from safeclip.models.clip import quiet_transformers
+
+        with quiet_transformers():  # diffusers' import names transformers' image processors (torchvision notice)
+            from diffusers import AutoPipelineForText2Image
 
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         torch_dtype = getattr(torch, dtype) if device != "cpu" else torch.float32

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from safeclip.checkpoint import write_json_atomic
@@ -55,11 +55,33 @@ def sft_rows(pairs: list[dict], *, condition: bool = True) -> list[dict]:
     return rows
 
 
-def lora_config(r: int, alpha: int, dropout: float, target_modules: str):
+def lora_config(r: int, alpha: int, dropout: float, target_modules: str, model=None):
+    """peft's LoraConfig for a causal LM; with ``model``, ``fan_in_fan_out`` is set where its targeted layers
+    are GPT-2 style ``Conv1D`` (peft would switch it on itself, with a warning)."""
     from peft import LoraConfig
+    from transformers.pytorch_utils import Conv1D
 
     targets = target_modules if target_modules == "all-linear" else [t.strip() for t in target_modules.split(",")]
-    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+    conv1d = model is not None and any(isinstance(m, Conv1D) and (targets == "all-linear" or name.rsplit(".", 1)[-1] in targets)
+                                       for name, m in model.named_modules())
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM",
+                      fan_in_fan_out=conv1d)
+
+
+def trl_config(config_cls, settings, out: Path, progress: bool, **specific):
+    """trl's ``SFTConfig`` / ``DPOConfig`` from the fields the SFT and DPO recipes share, plus ``specific`` and the
+    recipe's ``extra``. Activation checkpointing goes by transformers' current name where it has one (the old
+    name prints a FutureWarning); loader memory is pinned only with a GPU (torch warns otherwise)."""
+    import torch
+
+    names = {f.name for f in fields(config_cls)}
+    checkpointing = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return config_cls(output_dir=str(out / "trainer"), per_device_train_batch_size=settings.batch_size,
+                      gradient_accumulation_steps=settings.gradient_accumulation, learning_rate=settings.lr,
+                      num_train_epochs=settings.epochs, max_steps=settings.max_steps, max_length=settings.max_length,
+                      seed=settings.seed, bf16=settings.bf16, **{checkpointing: settings.gradient_checkpointing},
+                      dataloader_pin_memory=torch.cuda.is_available(), logging_steps=10, save_strategy="no",
+                      report_to="none", disable_tqdm=not progress, **specific, **settings.extra)
 
 
 def _load(model: str | os.PathLike, bf16: bool):
@@ -106,22 +128,21 @@ def run_sft(model: str | os.PathLike, pairs: list[dict], out_dir: str | os.PathL
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    from safeclip.models.lora import quiet_checkpointing_alias
+
     settings = settings or SFTSettings()
     if not pairs:
         raise DataError("SFT needs at least one safe->unsafe pair")
     out = Path(out_dir)
     lm, tokenizer = _load(model, settings.bf16)
-    args = SFTConfig(output_dir=str(out / "trainer"), per_device_train_batch_size=settings.batch_size,
-                     gradient_accumulation_steps=settings.gradient_accumulation, learning_rate=settings.lr,
-                     num_train_epochs=settings.epochs, max_steps=settings.max_steps, max_length=settings.max_length,
-                     seed=settings.seed, bf16=settings.bf16, gradient_checkpointing=settings.gradient_checkpointing,
-                     logging_steps=10, save_strategy="no", report_to="none", disable_tqdm=not progress,
-                     completion_only_loss=True, **settings.extra)
-    trainer = SFTTrainer(model=lm, args=args, train_dataset=Dataset.from_list(sft_rows(pairs, condition=settings.condition)),
-                         processing_class=tokenizer,
-                         peft_config=lora_config(settings.lora_r, settings.lora_alpha, settings.lora_dropout,
-                                                 settings.target_modules))
-    trainer.train()
+    args = trl_config(SFTConfig, settings, out, progress, completion_only_loss=True)
+    with quiet_checkpointing_alias():
+        trainer = SFTTrainer(model=lm, args=args, processing_class=tokenizer,
+                             train_dataset=Dataset.from_list(sft_rows(pairs, condition=settings.condition)),
+                             peft_config=lora_config(settings.lora_r, settings.lora_alpha, settings.lora_dropout,
+                                                     settings.target_modules, lm))
+    with quiet_checkpointing_alias():
+        trainer.train()
     meta = {"stage": "sft", "base_model": str(model), "settings": asdict(settings), "n_pairs": len(pairs),
             "log": trainer.state.log_history}
     if return_trainer:

@@ -123,7 +123,10 @@ def match_pipeline_depth(encoder, pipeline_encoder, label: str):
 
 
 def _safe_pipeline(components: dict):
-    from diffusers import StableDiffusionPipelineSafe
+    from safeclip.models.clip import quiet_transformers
+
+    with quiet_transformers():  # diffusers' import names transformers' image processors (torchvision notice)
+        from diffusers import StableDiffusionPipelineSafe
 
     keep = {k: v for k, v in components.items() if k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "image_encoder")}
     return StableDiffusionPipelineSafe(**keep, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
@@ -136,7 +139,10 @@ def build_generators(base_pipe, safe_encoders: Mapping[str, torch.nn.Module], cf
     ``base_pipe`` is a ``StableDiffusionPipeline``; the SLD variants rebuild it as ``StableDiffusionPipelineSafe``
     with the same components (no copies). Safe-CLIP encoders must share the pipeline's tokenizer vocabulary.
     """
-    from diffusers import StableDiffusionPipeline
+    from safeclip.models.clip import quiet_transformers
+
+    with quiet_transformers():  # diffusers' import names transformers' image processors (torchvision notice)
+        from diffusers import StableDiffusionPipeline
 
     encoders = {base_label: base_pipe.text_encoder, **dict(safe_encoders)}
     vocab = len(base_pipe.tokenizer)
@@ -166,7 +172,10 @@ def build_generators(base_pipe, safe_encoders: Mapping[str, torch.nn.Module], cf
 def load_stable_diffusion(name: str, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """``StableDiffusionPipeline.from_pretrained(name)`` with the safety checker off (it would blank the images
     the evaluation has to judge)."""
-    from diffusers import StableDiffusionPipeline
+    from safeclip.models.clip import quiet_transformers
+
+    with quiet_transformers():  # diffusers' import names transformers' image processors (torchvision notice)
+        from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(name, torch_dtype=dtype, safety_checker=None, requires_safety_checker=False)
     return pipe.to(device) if device is not None else pipe

@@ -32,10 +32,10 @@ def lora_config(r: int, alpha: float, dropout: float, target_modules: list[str])
 
 
 @contextlib.contextmanager
-def peft_wrapping() -> Iterator[None]:
-    """While peft wraps a model: hide the one FutureWarning it causes by reading transformers' deprecated
-    ``is_gradient_checkpointing`` (peft's code, not ours; a clean run prints no warnings). Scoped: the caller's
-    warning filters are restored on exit."""
+def quiet_checkpointing_alias() -> Iterator[None]:
+    """Hide the one FutureWarning peft and trl cause by reading transformers' deprecated
+    ``is_gradient_checkpointing`` (when peft wraps a model, when trl's DPO step toggles checkpointing): their
+    code, not ours, and a clean run prints no warnings. Scoped: the caller's warning filters come back on exit."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield
@@ -43,7 +43,7 @@ def peft_wrapping() -> Iterator[None]:
 
 def add_lora(encoder: torch.nn.Module, config: LoraConfig) -> PeftModel:
     """Wrap ``encoder`` with LoRA adapters; only the adapters are trainable afterwards."""
-    with peft_wrapping():
+    with quiet_checkpointing_alias():
         model = get_peft_model(encoder, config)
     for name, param in model.named_parameters():
         param.requires_grad_("lora_" in name)
@@ -93,7 +93,7 @@ def apply_adapters(bundle: ClipBundle, adapter_dir: str | os.PathLike, *, traina
         )
     out = copy.copy(bundle)
     text, vision = copy.deepcopy(bundle.text), copy.deepcopy(bundle.vision)
-    with peft_wrapping():
+    with quiet_checkpointing_alias():
         if (adapter_dir / TEXT_ADAPTER_DIR).is_dir():
             text = PeftModel.from_pretrained(text, adapter_dir / TEXT_ADAPTER_DIR, is_trainable=trainable)
         if (adapter_dir / VISION_ADAPTER_DIR).is_dir():
