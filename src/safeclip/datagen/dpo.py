@@ -13,30 +13,19 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from safeclip.config import Settings, setting
-from safeclip.datagen.sft import _load, lora_config, save_trained, trl_config
+from safeclip.config import setting
+from safeclip.datagen.sft import TrlRecipe, _load, lora_config, save_trained, trl_config
 from safeclip.errors import DataError
 
 
 @dataclass
-class DPOSettings(Settings):
+class DPOSettings(TrlRecipe):
     """LoRA DPO recipe (defaults: the paper's supplementary settings)."""
 
     beta: float = setting(0.1, "DPO temperature beta (paper: 0.1).", gt=0.0)
     lora_r: int = setting(8, "LoRA rank (paper: 8).", ge=1)
-    lora_alpha: int = setting(16, "LoRA alpha (paper: 16).", gt=0)
-    lora_dropout: float = setting(0.05, "LoRA dropout.", ge=0.0, lt=1.0)
-    target_modules: str = setting("all-linear", "Modules that get LoRA adapters (peft: \"all-linear\" or comma-separated names).")
     batch_size: int = setting(16, "Per-device batch (paper: 16).", ge=1)
-    gradient_accumulation: int = setting(1, "Gradient accumulation steps.", ge=1)
     lr: float = setting(5e-7, "Learning rate (paper: 5e-7).", gt=0.0)
-    epochs: float = setting(1.0, "Passes over the pairs (ignored when max_steps > 0).", gt=0.0)
-    max_steps: int = setting(-1, "Optimizer steps; -1 = use epochs.", ge=-1)
-    max_length: int = setting(512, "Token limit of prompt + completion.", ge=1)
-    seed: int = setting(0, "Seed of the data order and the LoRA initialisation (trl).")
-    bf16: bool = setting(False, "Mixed precision in bfloat16 (GPUs).")
-    gradient_checkpointing: bool = setting(False, "Trade compute for memory.")
-    extra: dict = setting({}, "More trl DPOConfig fields.")
 
 
 def run_dpo(model: str | os.PathLike, pairs: list[dict], out_dir: str | os.PathLike,

@@ -24,24 +24,34 @@ from safeclip.errors import DataError, MissingFileError
 
 
 @dataclass
-class SFTSettings(Settings):
-    """LoRA SFT recipe (defaults: the paper's Llama-2-7B-chat settings)."""
+class TrlRecipe(Settings):
+    """The fields a LoRA recipe for trl's trainers has (SFT and DPO; read by :func:`trl_config`)."""
 
-    lora_r: int = setting(64, "LoRA rank (paper: 64).", ge=1)
+    lora_r: int = setting(8, "LoRA rank.", ge=1)
     lora_alpha: int = setting(16, "LoRA scaling alpha (paper: 16).", gt=0)
     lora_dropout: float = setting(0.05, "LoRA dropout.", ge=0.0, lt=1.0)
     target_modules: str = setting("all-linear", "Modules that get LoRA adapters (peft: \"all-linear\" or comma-separated names).")
-    batch_size: int = setting(4, "Per-device batch (paper: 4).", ge=1)
+    batch_size: int = setting(8, "Per-device batch.", ge=1)
     gradient_accumulation: int = setting(1, "Gradient accumulation steps.", ge=1)
-    lr: float = setting(2e-4, "Learning rate (paper: 2e-4).", gt=0.0)
-    epochs: float = setting(3.0, "Passes over the pairs (ignored when max_steps > 0).", gt=0.0)
+    lr: float = setting(1e-4, "Learning rate.", gt=0.0)
+    epochs: float = setting(1.0, "Passes over the pairs (ignored when max_steps > 0).", gt=0.0)
     max_steps: int = setting(-1, "Optimizer steps; -1 = use epochs.", ge=-1)
     max_length: int = setting(512, "Token limit of prompt + completion.", ge=1)
-    condition: bool = setting(True, "Name the pair's category in the prompt.")
     seed: int = setting(0, "Seed of the data order and the LoRA initialisation (trl).")
     bf16: bool = setting(False, "Mixed precision in bfloat16 (GPUs).")
     gradient_checkpointing: bool = setting(False, "Trade compute for memory (7B on one GPU).")
-    extra: dict = setting({}, "More trl SFTConfig fields.")
+    extra: dict = setting({}, "More fields of trl's SFTConfig / DPOConfig.")
+
+
+@dataclass
+class SFTSettings(TrlRecipe):
+    """LoRA SFT recipe (defaults: the paper's Llama-2-7B-chat settings)."""
+
+    lora_r: int = setting(64, "LoRA rank (paper: 64).", ge=1)
+    batch_size: int = setting(4, "Per-device batch (paper: 4).", ge=1)
+    lr: float = setting(2e-4, "Learning rate (paper: 2e-4).", gt=0.0)
+    epochs: float = setting(3.0, "Passes over the pairs (ignored when max_steps > 0).", gt=0.0)
+    condition: bool = setting(True, "Name the pair's category in the prompt.")
 
 
 def sft_rows(pairs: list[dict], *, condition: bool = True) -> list[dict]:
@@ -68,7 +78,7 @@ def lora_config(r: int, alpha: int, dropout: float, target_modules: str, model=N
                       fan_in_fan_out=conv1d)
 
 
-def trl_config(config_cls, settings, out: Path, progress: bool, **specific):
+def trl_config(config_cls, settings: TrlRecipe, out: Path, progress: bool, **specific):
     """trl's ``SFTConfig`` / ``DPOConfig`` from the fields the SFT and DPO recipes share, plus ``specific`` and the
     recipe's ``extra``. Activation checkpointing goes by transformers' current name where it has one (the old
     name prints a FutureWarning); loader memory is pinned only with a GPU (torch warns otherwise)."""
