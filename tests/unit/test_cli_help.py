@@ -46,9 +46,9 @@ def test_every_command_is_found():
 def test_every_option_with_a_default_names_it(path):
     parser = LEAVES[path]
     for action in parser._actions:
-        if (not action.option_strings or action.required or action.default in (None, argparse.SUPPRESS)
+        if (not action.option_strings or action.required or action.default in (None, argparse.SUPPRESS, [])
                 or isinstance(action, argparse._HelpAction)):
-            continue
+            continue  # none or an empty repeatable option: its help says in words what happens without it
         default = ",".join(action.default) if isinstance(action.default, (list, tuple)) and action.default else action.default
         assert str(default) in option_help(parser, action), f"{' '.join(path)} {action.option_strings[0]}"
 

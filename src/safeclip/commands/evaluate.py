@@ -251,8 +251,8 @@ def _source_categories(spec: str, sources: dict) -> tuple[str, tuple[str, ...] |
     """``--categories SOURCE=cat1,cat2`` (or ``SOURCE=all``) -> (source, categories or None)."""
     source, _, value = spec.partition("=")
     if source not in sources or not value.strip():
-        raise ValueError(f"--categories {spec!r}: expected SOURCE=cat1,cat2 or SOURCE=all with SOURCE one of "
-                         f"{', '.join(sources)} (a source is named after its --unsafe file or folder)")
+        raise ConfigError(f"--categories {spec!r}: expected SOURCE=cat1,cat2 or SOURCE=all with SOURCE one of "
+                          f"{', '.join(sources)} (a source is named after its --unsafe file or folder)")
     if value.strip().lower() == "all":
         return source, None
     return source, tuple(c.strip() for c in value.split(",") if c.strip())

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
+from safeclip.errors import DataError
 from safeclip.eval.embed import encode_image_files
 from safeclip.eval.report import metric_table
 from safeclip.eval.retrieval import top1
@@ -74,9 +75,9 @@ def select_source_queries(
         wanted = sorted({normalise_category(c) for c in wanted})
         indices = [i for i, c in enumerate(found) if c in wanted]
         if not indices:
-            raise ValueError(f"source '{source}' is queried with the categories {wanted}, but no query text has one "
-                             f"(the texts' categories: {sorted(set(found)) or 'none'}); name the source's categories "
-                             f"with --categories {source}=cat1,cat2 or {source}=all")
+            raise DataError(f"source '{source}' is queried with the categories {wanted}, but no query text has one "
+                            f"(the texts' categories: {sorted(set(found)) or 'none'}); name the source's categories "
+                            f"with --categories {source}=cat1,cat2 or {source}=all")
         out[source] = {"categories": wanted, "indices": indices}
     return out
 
