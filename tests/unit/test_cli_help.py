@@ -10,7 +10,9 @@ import pytest
 from safeclip.cli import build_parser
 from safeclip.config import TrainConfig
 from safeclip.datagen.dpo import DPOSettings
+from safeclip.datagen.generate import CaptionSource, GenerationSettings, SamplingSettings
 from safeclip.datagen.sft import SFTSettings
+from safeclip.judges import LLMJudgeSettings
 from safeclip.methods.safer_clip import SaferClipConfig
 from safeclip.methods.uwm import UwmConfig
 from safeclip.world.build import WorldSize
@@ -64,22 +66,26 @@ def test_every_optional_option_shows_its_default(path):
     assert not silent, f"{' '.join(path)}: options without a default in --help: {silent}"
 
 
-SETTINGS = {  # command -> the settings class whose fields are its flags
-    ("world", "build"): WorldSize,
-    ("world", "pretrain"): PretrainSettings,
-    ("datagen", "sft"): SFTSettings,
-    ("datagen", "dpo"): DPOSettings,
+SETTINGS = {  # command -> the settings classes whose fields are its flags
+    ("world", "build"): (WorldSize,),
+    ("world", "pretrain"): (PretrainSettings,),
+    ("datagen", "sft"): (SFTSettings,),
+    ("datagen", "dpo"): (DPOSettings,),
+    ("datagen", "preferences"): (CaptionSource, SamplingSettings, LLMJudgeSettings),
+    ("datagen", "generate"): (CaptionSource, GenerationSettings),
+    ("datagen", "report"): (LLMJudgeSettings,),
 }
 
 
 @pytest.mark.parametrize("path", sorted(SETTINGS), ids=" ".join)
 def test_every_field_is_a_flag_showing_its_default(path):
-    parser, cls = LEAVES[path], SETTINGS[path]
+    parser = LEAVES[path]
     flags = {a.option_strings[0]: a for a in parser._actions if a.option_strings}
-    for f in dataclasses.fields(cls):
-        action = flags[f"--{f.name.replace('_', '-')}"]
-        text = option_help(parser, action)
-        assert f"(default: {getattr(cls(), f.name)!r})" in text and f.metadata["help"][:20] in text, f.name
+    for cls in SETTINGS[path]:
+        for f in dataclasses.fields(cls):
+            action = flags[f"--{f.name.replace('_', '-')}"]
+            text = option_help(parser, action)
+            assert f"(default: {getattr(cls(), f.name)!r})" in text and f.metadata["help"][:20] in text, f.name
 
 
 def settings_lines(obj, prefix=""):
