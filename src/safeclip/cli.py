@@ -16,6 +16,8 @@ import importlib
 import os
 import sys
 
+from safeclip.errors import UserError  # also importable from here, as before safeclip.errors existed
+
 # Modules that expose ``register(subparsers: argparse._SubParsersAction) -> None``.
 COMMAND_GROUPS: list[str] = [
     "safeclip.commands.train",
@@ -53,8 +55,6 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from safeclip.errors import UserError
-
     try:
         return int(args.func(args) or 0)
     except UserError as err:  # input the user can fix; anything else is a bug and keeps its traceback

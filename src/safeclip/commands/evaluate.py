@@ -163,17 +163,16 @@ def split_label(spec: str) -> tuple[str, str]:
 
 def check_labels(specs: list[str], adapters: dict | None) -> None:
     """Each ``--model`` label once; each ``--adapters`` label names a ``--model``."""
-    from safeclip.cli import UserError
 
     labels = [split_label(spec)[0] for spec in specs]
     twice = sorted({label for label in labels if labels.count(label) > 1})
     if twice:
-        raise UserError(f"--model label(s) {', '.join(twice)} given more than once (one row would overwrite the "
-                        "other); give each model its own LABEL=MODEL")
+        raise ConfigError(f"--model label(s) {', '.join(twice)} given more than once (one row would overwrite the "
+                          "other); give each model its own LABEL=MODEL")
     unknown = sorted(set(adapters or {}) - set(labels))
     if unknown:
-        raise UserError(f"--adapters label(s) {', '.join(unknown)} match no --model (labels: {', '.join(labels)}); "
-                        "write --adapters LABEL=DIR with the LABEL of a --model")
+        raise ConfigError(f"--adapters label(s) {', '.join(unknown)} match no --model (labels: {', '.join(labels)}); "
+                          "write --adapters LABEL=DIR with the LABEL of a --model")
 
 
 def evaluate_specs(args: argparse.Namespace, records, protocol: str, adapters: dict | None = None):

@@ -7,6 +7,8 @@ import os
 import shlex
 from pathlib import Path
 
+from safeclip.errors import ConfigError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -55,28 +57,27 @@ def explore_command(models: dict[str, str], gallery: str | os.PathLike) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from safeclip.cli import UserError
     from safeclip.commands.evaluate import split_label
     from safeclip.explore.search import Explorer
     from safeclip.explore.server import serve
 
     models = dict(split_label(spec) for spec in args.model)
     if len(models) < len(args.model):
-        raise UserError("two --model options share a label; give each its own: --model base=A --model safe-clip=B")
+        raise ConfigError("two --model options share a label; give each its own: --model base=A --model safe-clip=B")
     adapters = dict(split_label(a) for a in args.adapters)
     unknown = sorted(set(adapters) - set(models))
     if unknown:
-        raise UserError(f"--adapters names {', '.join(unknown)}, which no --model LABEL=... defines")
+        raise ConfigError(f"--adapters names {', '.join(unknown)}, which no --model LABEL=... defines")
     if not 0 <= args.port <= 65535:
-        raise UserError(f"--port {args.port} is not a port number (0-65535; 0 picks a free one)")
+        raise ConfigError(f"--port {args.port} is not a port number (0-65535; 0 picks a free one)")
     explorer = Explorer(models, args.gallery, args.cache_dir or default_cache_dir(), image_root=args.image_root or None,
                         adapters=adapters, batch_size=args.batch_size, sd=args.sd or None, sd_steps=args.sd_steps,
                         seed=args.seed)
     try:
         server = serve(explorer, host=args.host, port=args.port)
     except OSError as err:
-        raise UserError(f"cannot listen on {args.host}:{args.port} ({err.strerror}); pass another --port "
-                        "(0 picks a free one)") from err
+        raise ConfigError(f"cannot listen on {args.host}:{args.port} ({err.strerror}); pass another --port "
+                          "(0 picks a free one)") from err
     explorer.start()
     print(f"[explore] open {server.url} (Ctrl-C to stop)", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
