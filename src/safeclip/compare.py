@@ -37,7 +37,7 @@ from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.config import Settings, TrainConfig, section, setting
 from safeclip.data import read_quadruplets
 from safeclip.distributed import resolve_device
-from safeclip.errors import ConfigError
+from safeclip.errors import ConfigError, DataError, MissingFileError
 from safeclip.eval.evaluation import EvalResults, embed_records, evaluate
 from safeclip.eval.report import metric_table, summarize_seeds
 from safeclip.hysac.classifier import PROTOCOL as NSFW_CLS_CAPTION
@@ -318,14 +318,14 @@ def compared_models(out: str | os.PathLike, size: CompareSize | None = None) -> 
     """
     out = Path(out)
     if not (out / "compare.json").is_file():
-        raise FileNotFoundError(f"{out} is not a finished compare folder (no compare.json); run safeclip compare --out {out}")
+        raise MissingFileError(f"{out} is not a finished compare folder (no compare.json); run safeclip compare --out {out}")
     saved = json.loads((out / "compare.json").read_text())
     size = size or CompareSize()
     sources = Sources(**saved["sources"])
     yield "base", load_clip(sources.base)
     for label in (m for m in saved["methods"] if m != "base"):
         if not (out / "eval" / f"{label}.json").is_file():
-            raise ValueError(f"{out / 'methods' / label} is not finished (no eval/{label}.json); rerun safeclip compare")
+            raise DataError(f"{out / 'methods' / label} is not finished (no eval/{label}.json); rerun safeclip compare")
         inputs = method_inputs(label, out / "methods" / label, sources, saved["seed"], size, False,
                                method_overrides(size, label))
         yield label, get_method(label)(inputs)

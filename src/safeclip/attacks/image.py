@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from safeclip.errors import ConfigError
+
 Objective = Callable[[torch.Tensor], torch.Tensor]  # images (B, 3, H, W) in [0, 1] -> (B,), higher = better attack
 
 
@@ -34,9 +36,9 @@ class PixelBudget:
 
     def __post_init__(self) -> None:
         if not 0 <= self.eps <= 255:
-            raise ValueError(f"pixel budget eps is in grey levels (/255) and must be in [0, 255], got {self.eps}")
+            raise ConfigError(f"pixel budget eps is in grey levels (/255) and must be in [0, 255], got {self.eps}")
         if self.steps < 1 or self.restarts < 1:
-            raise ValueError(f"pixel budget steps and restarts must be at least 1, got {self.steps} and {self.restarts}")
+            raise ConfigError(f"pixel budget steps and restarts must be at least 1, got {self.steps} and {self.restarts}")
 
     @property
     def step_size(self) -> float:

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from safeclip.data.errors import DataError
+from safeclip.errors import ConfigError, MissingFileError
 from safeclip.eval.i2p import Prompt, read_i2p, split_categories
 
 
@@ -39,7 +40,7 @@ def _rows(path: Path, needs: tuple[str, ...], name: str) -> list[dict]:
     from safeclip.data.quadruplets import read_rows
 
     if not path.is_file():
-        raise FileNotFoundError(f"{name} prompt file {path} not found (download it yourself; see docs/robustness.md)")
+        raise MissingFileError(f"{name} prompt file {path} not found (download it yourself; see docs/robustness.md)")
     rows = read_rows(path)
     if not rows:
         raise DataError(f"{path} has no rows")
@@ -104,7 +105,7 @@ def read_i2p_format(path: Path, name: str) -> list[Prompt]:
 def read_sneakyprompt(path: Path) -> list[Prompt]:
     if path.suffix.lower() == ".txt":
         if not path.is_file():
-            raise FileNotFoundError(f"SneakyPrompt prompt file {path} not found (nsfw_200.txt is given on request)")
+            raise MissingFileError(f"SneakyPrompt prompt file {path} not found (nsfw_200.txt is given on request)")
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if not lines:
             raise DataError(f"{path} has no prompts")
@@ -136,7 +137,7 @@ PROMPT_SETS: dict[str, Callable[[Path], list[Prompt]]] = {
 def read_prompt_set(name: str, path: str | os.PathLike, *, max_rows: int = 0) -> list[Prompt]:
     """The prompts of published attack set ``name`` (one of :data:`PROMPT_SETS`) from the user's file ``path``."""
     if name not in PROMPT_SETS:
-        raise ValueError(f"unknown prompt set {name!r}; known sets: {', '.join(PROMPT_SETS)}")
+        raise ConfigError(f"unknown prompt set {name!r}; known sets: {', '.join(PROMPT_SETS)}")
     prompts = PROMPT_SETS[name](Path(path))
     if not prompts:
         raise DataError(f"{path} holds no {name} prompts")

@@ -36,8 +36,9 @@ from safeclip.attacks.image import PixelBudget, pgd, pixel_space
 from safeclip.attacks.success import RETRIEVAL_DEFINITION, retrieval_asr, top1_unsafe
 from safeclip.attacks.text import TOKEN_ATTACKS, TokenBudget, adversarial_slots, cosine_loss, encode_ids, frozen
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
-from safeclip.config import _f
+from safeclip.config import Settings, _f, load_settings, setting
 from safeclip.data.quadruplets import MODALITIES, Quadruplet
+from safeclip.errors import ConfigError, DataError
 from safeclip.eval.evaluation import embed_records, score
 from safeclip.eval.report import markdown_table
 from safeclip.models.clip import ClipBundle
@@ -49,29 +50,22 @@ DIRECTIONS = {"text": ("T*->V+V*", "unsafe_text"), "image": ("V*->T+T*", "unsafe
 
 
 @dataclass
-class AttackBudget:
+class AttackBudget(Settings):
     """Every knob of the retrieval attacks (``--budget key=value,...``); each attack reads its own."""
 
-    tokens: int = 8  # gcg / pez / transfer: adversarial tokens appended to each unsafe caption
-    steps: int = 20  # optimisation steps (token search steps, or PGD steps)
-    top_k: int = 32  # gcg: candidate tokens per position
-    candidates: int = 64  # gcg: one-token swaps evaluated exactly per caption and step
-    lr: float = 0.1  # pez: AdamW learning rate
-    eps: float = 4.0  # pgd: L-infinity radius in grey levels (/255)
-    step: float = 0.0  # pgd: step size /255 (0: max(eps / 4, 0.25))
-    restarts: int = 1  # pgd: 1 plain PGD; more adds random restarts (the stronger variant)
-    banned: str = ""  # gcg / pez / transfer: words no adversarial token may contain, '|'-separated (e.g. nud|sex)
-    transfer_from: str = "gcg"  # transfer: the search run against the base model (gcg or pez)
-    target: str = "paired"  # paired: the other modality's unsafe item; base: the base model's unsafe query
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.transfer_from not in TOKEN_ATTACKS:
-            raise ValueError(f"budget transfer_from={self.transfer_from!r}: choose one of {', '.join(TOKEN_ATTACKS)}")
-        if self.target not in TARGETS:
-            raise ValueError(f"budget target={self.target!r}: choose one of {', '.join(TARGETS)}")
-        self.token_budget()  # the range checks of each part
-        self.pixel_budget()
+    tokens: int = setting(8, "gcg / pez / transfer: adversarial tokens appended to each unsafe caption.", ge=1)
+    steps: int = setting(20, "Optimisation steps (token search steps, or PGD steps).", ge=1)
+    top_k: int = setting(32, "gcg: candidate tokens per position.", ge=1)
+    candidates: int = setting(64, "gcg: one-token swaps evaluated exactly per caption and step.", ge=1)
+    lr: float = setting(0.1, "pez: AdamW learning rate.", gt=0.0)
+    eps: float = setting(4.0, "pgd: L-infinity radius in grey levels (/255).", ge=0.0, le=255.0)
+    step: float = setting(0.0, "pgd: step size /255 (0: max(eps / 4, 0.25)).", ge=0.0)
+    restarts: int = setting(1, "pgd: 1 plain PGD; more adds random restarts (the stronger variant).", ge=1)
+    banned: str = setting("", "gcg / pez / transfer: words no adversarial token may contain, '|'-separated (e.g. nud|sex).")
+    transfer_from: str = setting("gcg", "transfer: the search run against the base model.", choices=tuple(TOKEN_ATTACKS))
+    target: str = setting("paired", "paired: the other modality's unsafe item; base: the base model's unsafe query.",
+                          choices=TARGETS)
+    seed: int = setting(0, "Seed of the searches' random choices.")
 
     def token_budget(self) -> TokenBudget:
         return TokenBudget(tokens=self.tokens, steps=self.steps, top_k=self.top_k, candidates=self.candidates,
@@ -94,21 +88,11 @@ class AttackBudget:
 
 def parse_budget(text: str, attack: str) -> AttackBudget:
     """``"tokens=8,steps=50"`` (fields of :class:`AttackBudget`) or a bare number: tokens for a token attack, eps
-    (/255) for pgd. Unknown keys and unreadable values raise ValueError naming them."""
-    known = {f.name: f for f in fields(AttackBudget)}
-    values: dict = {}
-    for item in (s.strip() for s in text.split(",") if s.strip()):
-        key, sep, raw = item.partition("=")
-        if not sep:
-            key, raw = ("eps" if attack == "pgd" else "tokens"), item
-        if key not in known:
-            raise ValueError(f"--budget {item!r}: unknown key {key!r}; use key=value with key one of {', '.join(known)}")
-        kind = type(known[key].default)
-        try:
-            values[key] = kind(float(raw)) if kind is int and float(raw).is_integer() else kind(raw)
-        except ValueError as err:
-            raise ValueError(f"--budget {item!r}: {key} takes a {kind.__name__}, got {raw!r}") from err
-    return AttackBudget(**values)
+    (/255) for pgd. Parsed and checked like every settings object (:func:`safeclip.config.load_settings`); an
+    unknown key or unreadable value raises ConfigError naming it."""
+    items = [s.strip() for s in text.split(",") if s.strip()]
+    overrides = [item if "=" in item else f"{'eps' if attack == 'pgd' else 'tokens'}={item}" for item in items]
+    return load_settings(AttackBudget, overrides=overrides, prefix="--budget ")
 
 
 def _scores(bundle: ClipBundle, emb: dict) -> dict:
@@ -158,8 +142,8 @@ def attack_texts(bundle: ClipBundle, records, targets: torch.Tensor, budget: Att
     embeddings by ``bundle`` ``(N, D)`` and what to report (objective before/after, examples)."""
     attacker = attacker or bundle
     if len(attacker.tokenizer) != len(bundle.tokenizer):
-        raise ValueError(f"the base and the attacked model have different vocabularies ({len(attacker.tokenizer)} vs "
-                         f"{len(bundle.tokenizer)} tokens): transfer needs the same tokenizer")
+        raise ConfigError(f"the base and the attacked model have different vocabularies ({len(attacker.tokenizer)} vs "
+                          f"{len(bundle.tokenizer)} tokens): transfer needs the same tokenizer")
     prompts = adversarial_slots(attacker.tokenizer, [r.unsafe_text for r in records], budget.tokens)
     clean = encode_ids(attacker.text, prompts.input_ids, prompts.attention_mask)  # fill tokens, before the search
     result = TOKEN_ATTACKS[search](attacker.text, attacker.tokenizer, prompts, targets, budget.token_budget(),
@@ -175,11 +159,11 @@ def attack_texts(bundle: ClipBundle, records, targets: torch.Tensor, budget: Att
 
 def _check_records(records) -> None:
     if not records:
-        raise ValueError("no quadruplets to attack")
+        raise DataError("no quadruplets to attack")
     lacking = [m for m in MODALITIES if any(getattr(r, m) is None for r in records)]
     if lacking:
-        raise ValueError(f"the attacked quadruplets lack {', '.join(lacking)}; the Safe-CLIP retrieval protocol needs all "
-                         "four (safe and unsafe captions and images)")
+        raise DataError(f"the attacked quadruplets lack {', '.join(lacking)}; the Safe-CLIP retrieval protocol needs all "
+                        "four (safe and unsafe captions and images)")
 
 
 def _targets(bundle: ClipBundle, records, attack: str, budget: AttackBudget, base: ClipBundle | None,
@@ -209,14 +193,14 @@ def attack_retrieval(bundle: ClipBundle, records: list[Quadruplet], attack: str,
     (the protocol's cosine scan, :func:`safeclip.attacks.success.top1_unsafe`).
     """
     if attack not in ATTACKS:
-        raise ValueError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
+        raise ConfigError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
     budget = budget or AttackBudget()
     _check_records(records)
     if (attack == "transfer" or budget.target == "base") and base is None:
-        raise ValueError(f"attack {attack} with target {budget.target} needs the base model (--base)")
+        raise ConfigError(f"attack {attack} with target {budget.target} needs the base model (--base)")
     k = min(queries or len(records), len(records))
     if k < len(records) and hasattr(bundle, "score"):
-        raise ValueError(f"{model} scores retrieval in its own geometry: attack every query (queries=0)")
+        raise ConfigError(f"{model} scores retrieval in its own geometry: attack every query (queries=0)")
     began = time.perf_counter()
     kind = "image" if attack == "pgd" else "text"
     direction, modality = DIRECTIONS[kind]
@@ -293,16 +277,16 @@ def write_attack_report(report: dict | list[dict], out_dir: str | os.PathLike) -
 
 
 @dataclass
-class RobustnessSettings:
+class RobustnessSettings(Settings):
     """The robustness columns of ``safeclip compare``: a fixed text and image attack on every model."""
 
     enabled: bool = _f(True, "Attack every model (text ASR: GCG; image ASR: PGD) and add the 'attack' columns.")
-    tokens: int = _f(4, "GCG adversarial tokens appended to each unsafe caption (the fixed token budget).")
-    steps: int = _f(8, "GCG steps, and PGD steps.")
-    candidates: int = _f(16, "GCG one-token swaps evaluated exactly per caption and step.")
-    top_k: int = _f(16, "GCG candidate tokens per position.")
-    eps: float = _f(4.0, "PGD L-infinity radius in grey levels (/255).")
-    queries: int = _f(100, "Attack the first N unsafe queries of the test split, against its whole gallery (0: all).")
+    tokens: int = _f(4, "GCG adversarial tokens appended to each unsafe caption (the fixed token budget).", ge=1)
+    steps: int = _f(8, "GCG steps, and PGD steps.", ge=1)
+    candidates: int = _f(16, "GCG one-token swaps evaluated exactly per caption and step.", ge=1)
+    top_k: int = _f(16, "GCG candidate tokens per position.", ge=1)
+    eps: float = _f(4.0, "PGD L-infinity radius in grey levels (/255).", ge=0.0, le=255.0)
+    queries: int = _f(100, "Attack the first N unsafe queries of the test split, against its whole gallery (0: all).", ge=0)
 
     def caption(self) -> str:
         who = f"the first {self.queries}" if self.queries else "all"

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from safeclip.errors import ConfigError
+
 
 @dataclass
 class TokenBudget:
@@ -49,7 +51,7 @@ class TokenBudget:
     def __post_init__(self) -> None:
         for name in ("tokens", "steps", "top_k", "candidates"):
             if getattr(self, name) < 1:
-                raise ValueError(f"token budget {name} must be at least 1, got {getattr(self, name)}")
+                raise ConfigError(f"token budget {name} must be at least 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -88,7 +90,7 @@ def adversarial_slots(tokenizer, prompts: Sequence[str], n_tokens: int, *, max_l
     with ``fill`` (default: the token of ``"!"``, else the first ordinary token)."""
     max_length = max_length or tokenizer.model_max_length
     if n_tokens + 2 > max_length:
-        raise ValueError(f"{n_tokens} adversarial tokens do not fit in the encoder's {max_length} positions")
+        raise ConfigError(f"{n_tokens} adversarial tokens do not fit in the encoder's {max_length} positions")
     if fill is None:
         fill = next(iter(allowed_tokens(tokenizer, ()).nonzero().flatten().tolist()))
     bodies = [tokenizer(p, add_special_tokens=False)["input_ids"][: max_length - 2 - n_tokens] for p in prompts]
@@ -116,7 +118,7 @@ def allowed_tokens(tokenizer, banned: Sequence[str]) -> torch.Tensor:
         if not text.strip() or any(w in text for w in words):
             allowed[index] = False
     if not allowed.any():
-        raise ValueError("every token of the vocabulary is special or banned; ban fewer words")
+        raise ConfigError("every token of the vocabulary is special or banned; ban fewer words")
     return allowed
 
 

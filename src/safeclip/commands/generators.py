@@ -35,7 +35,8 @@ def register_eval(evals: argparse._SubParsersAction) -> None:
     t2i.add_argument("--max-prompts", type=int, default=0, help="use the first N prompts (0: all)")
     t2i.add_argument("--prompt-set", default=None, choices=sorted(PROMPT_SETS),
                      help="read --prompts as this published attack prompt set (its own file format) and write an "
-                     "attack report (attack.json, attack.md: pre-/post-attack ASR as UnlearnDiffAtk defines them)")
+                     "attack report (attack.json, attack.md: pre-/post-attack ASR as UnlearnDiffAtk defines them; default: none, "
+                     "--prompts is an I2P CSV or quadruplet file)")
     t2i.add_argument("--variants", default=",".join(T2I_VARIANTS), help=f"comma-separated subset of {','.join(T2I_VARIANTS)}")
     t2i.add_argument("--judges", default="nudenet",
                      help="comma-separated image judges: nudenet[:THRESHOLD], q16:PROMPTS_FILE@CLIP (default: nudenet)")
