@@ -57,11 +57,11 @@ def test_cli_writes_attack_json_and_md_with_the_definition(data, tiny_clip_dir, 
 
 @pytest.mark.parametrize("argv, message", [
     (["--attack", "fgsm"], "choose from gcg, pez, pgd, transfer"),
-    (["--budget", "tokenz=3"], "unknown key 'tokenz'"),
-    (["--budget", "tokens=many"], "tokens takes a int"),
-    (["--budget", "eps=400"], "eps"),
+    (["--budget", "tokenz=3"], "unknown config key '--budget tokenz'"),
+    (["--budget", "tokens=many"], "--budget tokens must be a whole number, got 'many'"),
+    (["--budget", "eps=400"], "--budget eps must be <= 255.0, got 400.0"),
     (["--attack", "transfer"], "need --base"),
-    (["--budget", "target=elsewhere"], "target="),
+    (["--budget", "target=elsewhere"], "--budget target must be 'paired' or 'base', got 'elsewhere'"),
     (["--queries", "-1"], "--queries must be >= 0"),
 ])
 def test_bad_input_gets_a_clear_error(argv, message, data, safe_clip_dir, tmp_path, capsys):
