@@ -380,8 +380,8 @@ def load_lora_state(state: dict[str, torch.Tensor], *models: torch.nn.Module) ->
     """Copy a :func:`lora_state` back into ``models``; a parameter the models lack is an error."""
     missing = sorted({key.split(".", 1)[0] for key in state} - set(STATE_PREFIXES[:len(models)]))
     if missing:
-        raise ValueError(f"the checkpoint holds parameters of {missing} that this run does not train: "
-                         "was it written with another method?")
+        raise DataError(f"the checkpoint holds parameters of {missing} that this run does not train: "
+                        "was it written with another method?")
     for prefix, model in zip(STATE_PREFIXES, models):
         params = dict(model.named_parameters())
         for key, value in state.items():

@@ -22,6 +22,7 @@ from importlib import resources
 from pathlib import Path
 
 from safeclip.config import TrainConfig, load_config
+from safeclip.errors import ConfigError
 from safeclip.methods.base import MethodInputs
 from safeclip.methods.safe_clip import safe_clip_config
 
@@ -37,8 +38,8 @@ def hysac_config(inputs: MethodInputs) -> TrainConfig:
     settings = inputs.settings if inputs.settings is not None else load_config(hysac_recipe_path())
     cfg = safe_clip_config(dataclasses.replace(inputs, settings=settings))
     if cfg.method != "hysac":
-        raise ValueError(f"the hysac method needs a recipe with method: hysac (got method: {cfg.method}); "
-                         "use configs/vit-l-14_hysac.yaml or recipes/hysac_demo.yaml")
+        raise ConfigError(f"the hysac method needs a recipe with method: hysac (got method: {cfg.method}); "
+                          "use configs/vit-l-14_hysac.yaml or recipes/hysac_demo.yaml")
     return cfg
 
 
@@ -62,7 +63,7 @@ def run_hysac_traversal(inputs: MethodInputs):
         else:
             rest.append(item)
     if rule not in RULES:
-        raise ValueError(f"traversal={rule!r}: choose one of {', '.join(RULES)}")
+        raise ConfigError(f"traversal={rule!r}: choose one of {', '.join(RULES)}")
     model = run_hysac(dataclasses.replace(inputs, out_dir=inputs.out.parent / "hysac", overrides=rest))
     model.traversal = rule
     return model
