@@ -104,7 +104,7 @@ def plot_radii(radii: dict[str, list[float]], out: str | os.PathLike, *, bounds:
                title: str = "HySAC: distance to the origin") -> Path:
     """Histograms of the distance to the origin per group (e.g. safe / unsafe texts and images): HySAC's
     picture, safe content near the root and unsafe content farther out. ``bounds``: {label: radius} lines."""
-    fig, ax = plt.subplots(figsize=(6, 3.8))
+    fig, ax = new_figure(1, 1, figsize=(6, 3.8))
     for label, values in radii.items():
         ax.hist(values, bins=30, alpha=0.5, label=label)
     for label, radius in (bounds or {}).items():
