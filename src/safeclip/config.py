@@ -97,6 +97,18 @@ class DataConfig(Settings):
 
 
 @dataclass
+class AdversarialSettings(Settings):
+    enabled: bool = _f(False, "Adversarial training (safeclip.adversarial_training): each step an inner attack makes harder unsafe "
+                       "texts (token-embedding perturbation) and images (PGD), and the redirection terms (Eq. 4, 5) apply to them too.")
+    weight: float = _f(1.0, "Factor on the redirection terms computed on the attacked unsafe inputs (added to the total).", ge=0.0)
+    text_eps: float = _f(0.5, "Radius of the unsafe text's token-embedding perturbation, as a multiple of the token-embedding table's RMS entry.", ge=0.0)
+    text_norm: str = _f("linf", "Norm of the token-embedding budget: 'linf' (per entry) or 'l2' (per prompt, over all its tokens).", choices=("linf", "l2"))
+    text_steps: int = _f(3, "Signed-gradient (linf) or normalised-gradient (l2) steps of the text attack (0: no text attack).", ge=0)
+    image_eps: float = _f(4.0, "L-infinity radius of the PGD attack on unsafe images, in grey levels (/255).", ge=0.0, le=255.0)
+    image_steps: int = _f(3, "PGD steps on unsafe images (0: no image attack).", ge=0)
+
+
+@dataclass
 class LossConfig(Settings):
     temperature: float = _f(0.01, "Contrastive temperature tau (authors: logit scale 100 = 1/0.01).", gt=0.0)
     redirection_contrastive: float = _f(0.375, "Weight of Eq. 4, both halves (authors' lambdas 0.25 text / 0.5 vision, averaged).", ge=0.0)
@@ -114,6 +126,7 @@ class LossConfig(Settings):
     info_nce_scale: float = _f(1.0, "Factor on each symmetric InfoNCE (CE rows + CE columns): 1 as Eq. 4/7 are written; the authors' code uses 0.5.", gt=0.0)
     cosine_form: str = _f("negative", "Cosine terms (Eq. 5/6) as 'negative' (-cos, the paper) or 'distance' (1 - cos, the authors; same gradients).", choices=("negative", "distance"))
     gather_across_processes: bool = _f(True, "Contrastive terms (Eq. 4, 7) over the global batch: all-gather embeddings across processes (no effect with one process).")
+    adversarial: AdversarialSettings = field(default_factory=AdversarialSettings)
 
     def weights(self) -> dict[str, float]:
         """The four term weights, plus every half whose own weight is set (see safeclip.losses.LOSS_HALVES)."""
@@ -182,6 +195,8 @@ class TrainConfig(Settings):
         if self.data.batch_size % self.optim.grad_accum:
             raise ConfigError(f"data.batch_size={self.data.batch_size} must be a multiple of optim.grad_accum="
                               f"{self.optim.grad_accum}")
+        if self.method != "safe-clip" and self.loss.adversarial.enabled:
+            raise ConfigError("loss.adversarial applies to method safe-clip only; set loss.adversarial.enabled=false for hysac")
         if self.method != "safe-clip" and self.optim.selection != "recall_sum":
             raise ConfigError("optim.selection=loss_or_recall is Safe-CLIP's early stopping (its validation loss is "
                               "Eq. 4-7); method hysac selects by its own validation score: leave optim.selection at "

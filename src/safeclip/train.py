@@ -50,6 +50,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from safeclip.adversarial_training import add_adversarial_terms
 from safeclip.checkpoint import (
     RunError,
     append_jsonl,
@@ -215,11 +216,14 @@ def logged_terms(terms: dict[str, torch.Tensor], accelerator: Accelerator, cfg: 
 
 
 def safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batch: dict, cfg: TrainConfig,
-                          dtype: torch.dtype, cached_refs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+                          dtype: torch.dtype, cached_refs: dict[str, torch.Tensor] | None = None,
+                          image_processor=None) -> dict[str, torch.Tensor]:
     """The four Safe-CLIP terms and their weighted total for one batch (Eq. 4-7).
 
     ``cached_refs`` holds T0(t) / V0(v) for the whole dataset (rows = dataset index); without it
-    the references are computed from the batch with the adapters switched off.
+    the references are computed from the batch with the adapters switched off. With
+    ``loss.adversarial.enabled`` the redirection terms on attacked unsafe inputs are added
+    (:mod:`safeclip.adversarial_training`; ``image_processor`` gives its pixel space).
     """
     if cached_refs is not None:
         index = batch["index"].cpu()
@@ -228,11 +232,16 @@ def safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batc
     else:
         refs = reference_embeddings(text_base, vision_base, batch, dtype)
     current = {**encode_batch_texts(text_model, batch), **encode_batch_images(vision_model, batch, dtype)}
+    local_refs = refs
     if cfg.loss.gather_across_processes and world_size() > 1:  # every term over the global batch
         # sorted: every process must issue its collectives in the same order
         current = {name: gather_with_grad(current[name]) for name in sorted(current)}
         refs = {name: gather_with_grad(refs[name]) for name in sorted(refs)}
-    return configured_objective(current, refs, cfg)
+    terms = configured_objective(current, refs, cfg)
+    if cfg.loss.adversarial.enabled:
+        terms = add_adversarial_terms(terms, text_model, vision_model, text_base, vision_base, batch, local_refs, cfg,
+                                      dtype, image_processor)
+    return terms
 
 
 def configured_objective(current: dict[str, torch.Tensor], refs: dict[str, torch.Tensor], cfg: TrainConfig) -> dict[str, torch.Tensor]:
@@ -257,6 +266,7 @@ class SafeClipObjective:
 
     def __init__(self, bundle: ClipBundle, cfg: TrainConfig):
         self.cfg = cfg
+        self.image_processor = bundle.image_processor  # the adversarial term's pixel space
 
     def modules(self) -> list[torch.nn.Module]:
         return []  # trained besides the LoRA adapters
@@ -267,7 +277,8 @@ class SafeClipObjective:
 
     def step_losses(self, text_model, vision_model, text_base, vision_base, batch: dict, dtype: torch.dtype,
                     cached_refs: dict | None) -> dict[str, torch.Tensor]:
-        return safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batch, self.cfg, dtype, cached_refs)
+        return safe_clip_step_losses(text_model, vision_model, text_base, vision_base, batch, self.cfg, dtype, cached_refs,
+                                     self.image_processor)
 
     def before_optimizer_step(self, accelerator: Accelerator) -> None:
         pass
