@@ -1,6 +1,6 @@
 """Adversarial training for Safe-CLIP (``loss.adversarial``): an inner attack per step, then redirection on its output.
 
-    safeclip train configs/demo.yaml loss.adversarial.enabled=true loss.adversarial.image_eps=4
+    safeclip train --config configs/vit-l-14_safe-clip.yaml loss.adversarial.enabled=true loss.adversarial.image_eps=4
 
 Each training step (Madry et al. 2018's min-max; AdvUnlearn, Zhang et al. NeurIPS 2024, for the text side):
 
