@@ -124,3 +124,5 @@ def test_tiny_adversarial_run_trains_and_logs_its_term(tmp_path, tiny_clip_dir, 
 def test_bad_adversarial_settings_are_named(tmp_path, tiny_clip_dir, data):
     with pytest.raises(ConfigError, match="loss.adversarial.text_norm"):
         tiny_config(tmp_path, tiny_clip_dir, data, "loss.adversarial.text_norm=l1").validate()
+    with pytest.raises(ConfigError, match="safe-clip only"):
+        tiny_config(tmp_path, tiny_clip_dir, data, "method=hysac", "loss.adversarial.enabled=true").validate()
