@@ -66,7 +66,7 @@ def test_vit_l_14_shape_trains_evaluates_and_exports(tmp_path, vit_l_14_folder):
     run = tmp_path / "run"
     assert main(["train", "--config", str(RECIPE), f"model.name={vit_l_14_folder}",
                  f"data.train={data}", f"data.val={val}", "data.batch_size=4", "data.num_workers=1",
-                 "optim.epochs=1", "optim.max_steps=2", "run.mixed_precision=\"no\"", "run.eval_batch_size=8",
+                 "optim.epochs=1", "optim.max_steps=2", "run.mixed_precision=no", "run.eval_batch_size=8",
                  "run.progress=false", "run.log_every=1", f"run.out_dir={run}"]) == 0
     log = [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2] and all(torch.isfinite(torch.tensor(r["total"])) for r in log)
