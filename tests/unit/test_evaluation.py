@@ -89,6 +89,23 @@ def test_seed_summary_by_hand():
         summarize_seeds({})
 
 
+def test_seed_summary_with_a_missing_or_none_cell():
+    """A cell one seed lacks (no attack group) or holds as None is summarised over the seeds that have a number,
+    with their count; a cell no seed has a number for is None. The union of keys is kept, not the first seed's."""
+    per_seed = {0: {"base": {"T->V": {"R@1": 10.0}, "attack": {"ASR": None}}, "hysac": {"T->V": {"R@1": 1.0}}},
+                1: {"base": {"T->V": {"R@1": 20.0}, "attack": {"ASR": 40.0}}, "hysac": {"T->V": {"R@1": None}}},
+                2: {"base": {"T->V": {"R@1": 30.0}, "attack": {"ASR": 60.0, "image ASR": None}},
+                    "hysac": {"T->V": {"R@1": 3.0}}, "uwm": {"T->V": {"R@1": 7.0}}}}
+    summary = summarize_seeds(per_seed)
+    assert summary["base"]["T->V"]["R@1"] == {"mean": 20.0, "std": pytest.approx((200 / 3) ** 0.5)}  # no "n": all seeds
+    assert summary["base"]["attack"]["ASR"] == {"mean": 50.0, "std": 10.0, "n": 2}  # seeds 1 and 2
+    assert summary["base"]["attack"]["image ASR"] is None  # no seed has a number
+    assert summary["hysac"]["T->V"]["R@1"] == {"mean": 2.0, "std": 1.0, "n": 2}
+    assert summary["uwm"]["T->V"]["R@1"] == {"mean": 7.0, "std": 0.0, "n": 1}  # a model of the last seed only
+    table = metric_table(summary, [("T->V", "R@1"), ("attack", "ASR"), ("attack", "image ASR")])
+    assert "| base | 20.0 ± 8.2 | 50.0 ± 10.0 (n=2) | - |" in table and "| uwm | 7.0 ± 0.0 (n=1) | - | - |" in table
+
+
 def test_safe_clip_config_is_typed_and_layered(tmp_path):
     """Inputs and budget are typed fields on the recipe (a folder named 'on' stays 'on'); overrides come last."""
     from safeclip.config import TrainConfig

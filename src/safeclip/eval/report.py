@@ -5,8 +5,8 @@
     summary = summarize_seeds({0: {"base": {"T->V": {"R@1": 10.0}}}, 1: {"base": {"T->V": {"R@1": 20.0}}}})
     # {"base": {"T->V": {"R@1": {"mean": 15.0, "std": 5.0}}}}
 
-A cell is a number (one decimal by default), a ``{"mean", "std"}`` summary (``"15.0 ± 5.0"``), a string
-(written as it is) or None (``"-"``).
+A cell is a number (one decimal by default), a ``{"mean", "std"}`` summary (``"15.0 ± 5.0"``; with ``"n"``, a
+summary over fewer seeds than the run had: ``"15.0 ± 5.0 (n=2)"``), a string (written as it is) or None (``"-"``).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import torch
 def format_cell(value, digits: int = 1) -> str:
     """One table cell: see the module docstring."""
     if isinstance(value, Mapping):
-        return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}"
+        seeds = f" (n={value['n']})" if "n" in value else ""
+        return f"{value['mean']:.{digits}f} ± {value['std']:.{digits}f}{seeds}"
     if value is None:
         return "-"
     if isinstance(value, (int, float)):
@@ -50,20 +51,41 @@ def metric_table(models: Mapping[str, Mapping], columns: Sequence[tuple[str, str
     return markdown_table(first, [f"{group} {name}" for group, name in columns], rows, digits=digits)
 
 
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def summarize_seeds(per_seed: Mapping[int, Mapping[str, Mapping[str, Mapping[str, float]]]]) -> dict:
     """Mean and population standard deviation over seeds of every number of every model.
 
-    ``per_seed``: ``{seed: {model: {group: {metric: value}}}}`` (every seed with the same keys as the
-    first); returns ``{model: {group: {metric: {"mean": m, "std": s}}}}``, computed in float64.
+    ``per_seed``: ``{seed: {model: {group: {metric: value}}}}``; returns ``{model: {group: {metric: {"mean": m,
+    "std": s}}}}``, computed in float64. Models, groups and metrics are the union over seeds (first-seen order). A
+    cell some seeds lack, or hold as None (e.g. a metric one model has in one seed only), is summarised over the
+    seeds that have a number, and then says how many: ``{"mean", "std", "n"}`` (shown ``"15.0 ± 5.0 (n=2)"``); a
+    cell no seed has a number for is None (shown ``"-"``).
     """
     if not per_seed:
         raise ValueError("summarize_seeds needs the results of at least one seed")
-    first = next(iter(per_seed.values()))
+    cells: dict = {}  # model -> group -> metric -> the numbers of the seeds that have one
+    for result in per_seed.values():
+        for model, metrics in result.items():
+            for group, entry in metrics.items():
+                for key, value in (entry or {}).items():
+                    values = cells.setdefault(model, {}).setdefault(group, {}).setdefault(key, [])
+                    if _number(value):
+                        values.append(value)
     summary: dict = {}
-    for model, metrics in first.items():
+    for model, metrics in cells.items():
         for group, entry in metrics.items():
-            for key in entry:
-                values = torch.tensor([r[model][group][key] for r in per_seed.values()], dtype=torch.float64)
-                summary.setdefault(model, {}).setdefault(group, {})[key] = {
-                    "mean": float(values.mean()), "std": float(values.std(unbiased=False))}
+            for key, values in entry.items():
+                summary.setdefault(model, {}).setdefault(group, {})[key] = _summary(values, len(per_seed))
     return summary
+
+
+def _summary(values: list[float], seeds: int) -> dict | None:
+    """``{"mean", "std"}`` of ``values`` (float64, population std), ``"n"`` added when fewer than ``seeds``; None if empty."""
+    if not values:
+        return None
+    numbers = torch.tensor(values, dtype=torch.float64)
+    out = {"mean": float(numbers.mean()), "std": float(numbers.std(unbiased=False))}
+    return out if len(values) == seeds else {**out, "n": len(values)}
