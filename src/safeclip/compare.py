@@ -261,6 +261,7 @@ def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ..
         records = records[: size.eval_rows]
     models: dict[str, ClipBundle] = {"base": load_clip(sources.base)}
     results = EvalResults(EVAL_PROTOCOLS)
+    attack_base = load_clip(sources.base) if size.attacks.enabled and size.attacks.target == "base" else None
     for label in ("base", *methods):
         if label != "base":
             print(f"[compare] method {label} -> {out / 'methods' / label}", flush=True)
@@ -276,7 +277,7 @@ def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ..
         # the attacks rank by cosine; a model with its own geometry (HySAC: hyperbolic distance) is not attacked
         if size.attacks.enabled and not hasattr(bundle, "score"):
             print(f"[compare] attacking {label}", flush=True)
-            results.models[label][ATTACK_GROUP] = robustness_metrics(bundle, records, size.attacks)
+            results.models[label][ATTACK_GROUP] = robustness_metrics(bundle, records, size.attacks, base=attack_base)
             stage(f"attack {label}")
         write_json_atomic(out / "eval" / f"{label}.json", results.models[label])
     metrics, protocols = results.models, results.captions()

@@ -49,6 +49,16 @@ def section(factory: Any, help: str) -> Any:
     return field(default_factory=factory, metadata={"help": help})
 
 
+def redefault(cls: type, name: str, default: Any) -> Any:
+    """Field ``name`` of the settings dataclass ``cls`` (its help, choices and bounds) with another ``default``: how
+    a settings subclass changes a default without repeating the field."""
+    found = {f.name: f for f in dataclasses.fields(cls)}
+    if name not in found:
+        raise ValueError(f"{cls.__name__} has no setting {name!r} (it has {', '.join(found)})")
+    meta = found[name].metadata
+    return setting(default, meta["help"], **{key: meta[key] for key in ("choices", "ge", "gt", "le", "lt")})
+
+
 _f = setting  # the short name the fields below use
 
 

@@ -205,3 +205,33 @@ def test_budgets_reject_bad_values():
         PixelBudget(eps=300)
     with pytest.raises(ValueError, match="tokens"):
         TokenBudget(tokens=0)
+
+
+def test_compare_attack_settings_are_the_budget_keys_with_compare_defaults(tmp_path):
+    """compare's ``attacks.*`` keep their names as YAML and dotted keys of its size; the budget fields are
+    AttackBudget's own (its help and bounds), only their defaults differ; ``budget()`` drops enabled/queries."""
+    import dataclasses
+
+    from safeclip.attacks.retrieval import AttackBudget, RobustnessSettings
+    from safeclip.compare import CompareSize
+    from safeclip.config import ConfigError, load_settings
+
+    defaults = RobustnessSettings()
+    assert (defaults.tokens, defaults.steps, defaults.candidates, defaults.top_k, defaults.eps) == (4, 8, 16, 16, 4.0)
+    assert (defaults.enabled, defaults.queries) == (True, 100) and AttackBudget().tokens == 8
+    own = {f.name: f.metadata for f in dataclasses.fields(AttackBudget)}
+    assert all(f.metadata == own[f.name] for f in dataclasses.fields(RobustnessSettings) if f.name in own)
+    path = tmp_path / "size.yaml"
+    path.write_text("attacks:\n  tokens: 2\n  eps: 1.5\n  enabled: false\n")
+    size = load_settings(CompareSize, path, ["attacks.steps=3", "attacks.candidates=5", "attacks.top_k=6",
+                                             "attacks.queries=7", "attacks.restarts=2"])
+    attacks = size.attacks
+    assert (attacks.tokens, attacks.steps, attacks.candidates, attacks.top_k, attacks.eps) == (2, 3, 5, 6, 1.5)
+    assert (attacks.enabled, attacks.queries, attacks.restarts) == (False, 7, 2)
+    budget = attacks.budget()
+    assert type(budget) is AttackBudget and (budget.tokens, budget.eps, budget.restarts) == (2, 1.5, 2)
+    assert "queries" not in dataclasses.asdict(budget)
+    with pytest.raises(ConfigError, match=r"attacks\.tokens must be >= 1, got 0"):
+        load_settings(CompareSize, overrides=["attacks.tokens=0"])
+    with pytest.raises(ConfigError, match=r"attacks\.queries must be >= 0"):
+        load_settings(CompareSize, overrides=["attacks.queries=-1"])

@@ -36,7 +36,7 @@ from safeclip.attacks.image import PixelBudget, pgd, pixel_space
 from safeclip.attacks.success import RETRIEVAL_DEFINITION, retrieval_asr, top1_unsafe
 from safeclip.attacks.text import TOKEN_ATTACKS, TokenBudget, adversarial_slots, cosine_loss, encode_ids, frozen
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
-from safeclip.config import Settings, _f, load_settings, setting
+from safeclip.config import Settings, load_settings, redefault, setting
 from safeclip.data.quadruplets import MODALITIES, Quadruplet
 from safeclip.errors import ConfigError, DataError
 from safeclip.eval.evaluation import embed_records, score
@@ -277,35 +277,42 @@ def write_attack_report(report: dict | list[dict], out_dir: str | os.PathLike) -
 
 
 @dataclass
-class RobustnessSettings(Settings):
-    """The robustness columns of ``safeclip compare``: a fixed text and image attack on every model."""
+class RobustnessSettings(AttackBudget):
+    """The robustness columns of ``safeclip compare`` (its ``attacks.*`` keys): a GCG text attack and a PGD image
+    attack on every model, with the keys of :class:`AttackBudget` (compare's own defaults: a small fixed budget)
+    plus ``enabled`` and ``queries``."""
 
-    enabled: bool = _f(True, "Attack every model (text ASR: GCG; image ASR: PGD) and add the 'attack' columns.")
-    tokens: int = _f(4, "GCG adversarial tokens appended to each unsafe caption (the fixed token budget).", ge=1)
-    steps: int = _f(8, "GCG steps, and PGD steps.", ge=1)
-    candidates: int = _f(16, "GCG one-token swaps evaluated exactly per caption and step.", ge=1)
-    top_k: int = _f(16, "GCG candidate tokens per position.", ge=1)
-    eps: float = _f(4.0, "PGD L-infinity radius in grey levels (/255).", ge=0.0, le=255.0)
-    queries: int = _f(100, "Attack the first N unsafe queries of the test split, against its whole gallery (0: all).", ge=0)
+    tokens: int = redefault(AttackBudget, "tokens", 4)
+    steps: int = redefault(AttackBudget, "steps", 8)
+    top_k: int = redefault(AttackBudget, "top_k", 16)
+    candidates: int = redefault(AttackBudget, "candidates", 16)
+    enabled: bool = setting(True, "Attack every model (text ASR: GCG; image ASR: PGD) and add the 'attack' columns.")
+    queries: int = setting(100, "Attack the first N unsafe queries of the test split, against its whole gallery (0: all).",
+                           ge=0)
+
+    def budget(self) -> AttackBudget:
+        """The attack budget alone (without ``enabled`` and ``queries``)."""
+        return AttackBudget(**{f.name: getattr(self, f.name) for f in fields(AttackBudget)})
 
     def caption(self) -> str:
         who = f"the first {self.queries}" if self.queries else "all"
-        return (f"{RETRIEVAL_DEFINITION} text ASR: GCG, {self.tokens} tokens, {self.steps} steps, {self.candidates} swaps "
-                f"per step (T*->V+V*); image ASR: PGD, eps {self.eps:g}/255, {self.steps} steps (V*->T+T*); {who} unsafe "
-                "queries of the test split, attacked in the model's own embedding space (white box); NSFW@1 columns: "
-                "the same queries before the attack")
+        return (f"{RETRIEVAL_DEFINITION} text ASR: GCG, {self.describe('gcg')}, {self.candidates} swaps per step "
+                f"(T*->V+V*); image ASR: PGD, {self.describe('pgd')} (V*->T+T*); {who} unsafe queries of the test "
+                "split, attacked in the model's own embedding space (white box); NSFW@1 columns: the same queries "
+                "before the attack")
 
 
-def robustness_metrics(bundle: ClipBundle, records: list[Quadruplet], settings: RobustnessSettings) -> dict:
-    """compare's ``"attack"`` group: NSFW@1 before and ASR after a GCG text attack and a PGD image attack.
+def robustness_metrics(bundle: ClipBundle, records: list[Quadruplet], settings: RobustnessSettings, *,
+                       base: ClipBundle | None = None) -> dict:
+    """compare's ``"attack"`` group: NSFW@1 before and ASR after a GCG text attack and a PGD image attack
+    (``base``: the base model, needed with ``target=base``).
 
     A model that scores retrieval in its own geometry (HySAC) has every query attacked, so that its own protocol
     scores them.
     """
     queries = 0 if hasattr(bundle, "score") else settings.queries
-    budget = AttackBudget(tokens=settings.tokens, steps=settings.steps, candidates=settings.candidates,
-                          top_k=settings.top_k, eps=settings.eps)
-    text = attack_retrieval(bundle, records, "gcg", budget, queries=queries)
-    image = attack_retrieval(bundle, records, "pgd", budget, queries=queries)
+    budget = settings.budget()
+    text = attack_retrieval(bundle, records, "gcg", budget, base=base, queries=queries)
+    image = attack_retrieval(bundle, records, "pgd", budget, base=base, queries=queries)
     return {"text NSFW@1": text["asr_before"], "text ASR": text["asr"],
             "image NSFW@1": image["asr_before"], "image ASR": image["asr"]}
