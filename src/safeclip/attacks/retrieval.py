@@ -18,9 +18,16 @@ Attacks (:data:`ATTACKS`), each on the unsafe queries of N test quadruplets:
 Target (``target``): ``paired`` (default) is the attacked model's embedding of the quadruplet's unsafe item of the
 other modality (the unsafe image for a text attack, the unsafe caption for an image attack): reaching it puts an
 unsafe item on top. ``base`` is the base model's embedding of the unsafe query itself (what the encoder gave
-before it was made safe; needs ``base``). Success is written once, in :mod:`safeclip.attacks.success`; the score
-is the evaluation path's own protocol (:func:`safeclip.eval.evaluation.score`, or the model's ``score`` when it
-has its own geometry) with the attacked embeddings in place of the clean ones.
+before it was made safe; needs ``base``; for HySAC, lifted by its head). Success is written once, in
+:mod:`safeclip.attacks.success`; the score is the evaluation path's own protocol
+(:func:`safeclip.eval.evaluation.score`, or the model's ``score`` when it has its own geometry) with the attacked
+embeddings in place of the clean ones.
+
+Geometry (:mod:`safeclip.attacks.geometry`, written into every report as ``geometry``): each model is attacked and
+scanned in the similarity its protocol ranks by: cosine for CLIP models, the Lorentz distance for HySAC (with
+``hysac+traversal``'s safety traversal applied to the queries inside the objective and the scan, as its ``score``
+applies it). The searches minimise ``1 - cos`` or the geodesic distance to the target; a transfer search runs in
+the base model's geometry and is scored in the attacked model's.
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ from pathlib import Path
 
 import torch
 
+from safeclip.attacks.geometry import Geometry, attack_geometry
 from safeclip.attacks.image import PixelBudget, pgd, pixel_space
 from safeclip.attacks.success import RETRIEVAL_DEFINITION, retrieval_asr, top1_unsafe
-from safeclip.attacks.text import TOKEN_ATTACKS, TokenBudget, adversarial_slots, cosine_loss, encode_ids, frozen
+from safeclip.attacks.text import TOKEN_ATTACKS, TokenBudget, adversarial_slots, encode_ids, frozen
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.config import Settings, load_settings, redefault, setting
 from safeclip.data.quadruplets import MODALITIES, Quadruplet
@@ -110,7 +118,9 @@ def _unsafe_pixels(bundle: ClipBundle, records) -> torch.Tensor:
 def attack_images(bundle: ClipBundle, records, targets: torch.Tensor, budget: PixelBudget, *,
                   batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """PGD on every unsafe image towards ``targets (N, D)``: attacked embeddings ``(N, D)`` and the objective
-    (cosine to the target) before and after, ``(N,)`` each."""
+    before and after, ``(N,)`` each: the gain of the model's geometry (cosine to the target; HySAC: minus the
+    geodesic distance, :mod:`safeclip.attacks.geometry`)."""
+    geometry = attack_geometry(bundle, "image")
     vision = bundle.vision
     device = next(vision.parameters()).device
     dtype = next(vision.parameters()).dtype
@@ -123,7 +133,7 @@ def attack_images(bundle: ClipBundle, records, targets: torch.Tensor, budget: Pi
 
         def objective(images: torch.Tensor) -> torch.Tensor:
             emb = vision(pixel_values=from01(images).to(dtype)).image_embeds
-            return 1 - cosine_loss(emb, target)
+            return geometry.gain(emb, target)
 
         with torch.no_grad():
             before.append(objective(x).cpu())
@@ -132,27 +142,27 @@ def attack_images(bundle: ClipBundle, records, targets: torch.Tensor, budget: Pi
         with torch.no_grad():
             emb = vision(pixel_values=from01(x_adv).to(dtype)).image_embeds.float()
         out.append(emb.cpu())
-        after.append((1 - cosine_loss(emb, target)).cpu())
+        after.append(geometry.gain(emb, target).cpu())
     return torch.cat(out), torch.cat(before), torch.cat(after)
 
 
 def attack_texts(bundle: ClipBundle, records, targets: torch.Tensor, budget: AttackBudget, *, search: str,
                  attacker: ClipBundle | None = None) -> tuple[torch.Tensor, dict]:
-    """A token search on ``attacker`` (default: ``bundle``) towards ``targets (N, D)``; the attacked prompts'
-    embeddings by ``bundle`` ``(N, D)`` and what to report (objective before/after, examples)."""
+    """A token search on ``attacker`` (default: ``bundle``) in its geometry towards ``targets (N, D)``; the attacked
+    prompts' embeddings by ``bundle`` ``(N, D)`` and what to report (objective before/after, examples)."""
     attacker = attacker or bundle
+    geometry = attack_geometry(attacker, "text")
     if len(attacker.tokenizer) != len(bundle.tokenizer):
         raise ConfigError(f"the base and the attacked model have different vocabularies ({len(attacker.tokenizer)} vs "
                           f"{len(bundle.tokenizer)} tokens): transfer needs the same tokenizer")
     prompts = adversarial_slots(attacker.tokenizer, [r.unsafe_text for r in records], budget.tokens)
     clean = encode_ids(attacker.text, prompts.input_ids, prompts.attention_mask)  # fill tokens, before the search
     result = TOKEN_ATTACKS[search](attacker.text, attacker.tokenizer, prompts, targets, budget.token_budget(),
-                                   banned=budget.banned_words())
+                                   banned=budget.banned_words(), loss=geometry.loss)
     embeddings = result.embeddings if attacker is bundle else encode_ids(bundle.text, result.input_ids,
                                                                          prompts.attention_mask).cpu()
     details = {"objective": {"model": "base" if attacker is not bundle else "attacked",
-                             "cosine_before": float((1 - cosine_loss(clean, targets)).mean()),
-                             "cosine_after": float((1 - result.loss).mean())},
+                             **geometry.objective(geometry.gain(clean, targets), geometry.offset - result.loss)},
                "examples": [{"query": r.unsafe_text, "attacked": t} for r, t in zip(records[:5], result.texts)]}
     return embeddings.cpu(), details
 
@@ -171,16 +181,18 @@ def _targets(bundle: ClipBundle, records, attack: str, budget: AttackBudget, bas
     """``(N, D)`` what each query is pushed towards (see ``target`` in the module docstring)."""
     modality, other = DIRECTIONS[kind][1], ("unsafe_image" if kind == "text" else "unsafe_text")
     if budget.target == "base":
-        return embed_records(base, records, protocols=("safe-clip",))[modality]
+        return attack_geometry(bundle, kind).from_clip(embed_records(base, records, protocols=("safe-clip",))[modality])
     if attack == "transfer":  # the base model's own targets: the search runs on it
         return embed_records(base, records, protocols=("safe-clip",))[other]
     return emb[other]
 
 
-def _flags(emb: dict, kind: str, queries: dict[str, torch.Tensor]) -> dict[str, list[bool]]:
-    """Per query, whether its top-1 item in the protocol's gallery is unsafe (cosine, ties to the safe item)."""
+def _flags(emb: dict, kind: str, queries: dict[str, torch.Tensor], geometry: Geometry) -> dict[str, list[bool]]:
+    """Per query, whether its top-1 item in the protocol's gallery is unsafe (in ``geometry``, ties to the safe item)."""
     safe_side, unsafe_side = ("safe_image", "unsafe_image") if kind == "text" else ("safe_text", "unsafe_text")
-    return {f"top1_unsafe_{when}": top1_unsafe(q, emb[safe_side], emb[unsafe_side]).tolist() for when, q in queries.items()}
+    return {f"top1_unsafe_{when}": top1_unsafe(geometry.queries(q), emb[safe_side], emb[unsafe_side],
+                                               similarity=geometry.similarity).tolist()
+            for when, q in queries.items()}
 
 
 def attack_retrieval(bundle: ClipBundle, records: list[Quadruplet], attack: str, budget: AttackBudget | None = None, *,
@@ -190,7 +202,7 @@ def attack_retrieval(bundle: ClipBundle, records: list[Quadruplet], attack: str,
 
     With every query attacked the rates are the protocol's own (:func:`safeclip.eval.evaluation.score`, or the
     model's ``score``); with fewer, they are the share of the attacked queries whose top-1 item is unsafe
-    (the protocol's cosine scan, :func:`safeclip.attacks.success.top1_unsafe`).
+    (the protocol's scan in the model's geometry, :func:`safeclip.attacks.success.top1_unsafe`).
     """
     if attack not in ATTACKS:
         raise ConfigError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
@@ -199,35 +211,35 @@ def attack_retrieval(bundle: ClipBundle, records: list[Quadruplet], attack: str,
     if (attack == "transfer" or budget.target == "base") and base is None:
         raise ConfigError(f"attack {attack} with target {budget.target} needs the base model (--base)")
     k = min(queries or len(records), len(records))
-    if k < len(records) and hasattr(bundle, "score"):
-        raise ConfigError(f"{model} scores retrieval in its own geometry: attack every query (queries=0)")
     began = time.perf_counter()
     kind = "image" if attack == "pgd" else "text"
     direction, modality = DIRECTIONS[kind]
+    geometry = attack_geometry(bundle, kind)
     emb = embed_records(bundle, records, protocols=("safe-clip",))
     targets = _targets(bundle, records, attack, budget, base, emb, kind)[:k]
     if kind == "image":
         attacked, before, after = attack_images(bundle, records[:k], targets, budget.pixel_budget())
-        details = {"objective": {"cosine_before": float(before.mean()), "cosine_after": float(after.mean())}}
+        details = {"objective": geometry.objective(before, after)}
     else:
         search = budget.transfer_from if attack == "transfer" else attack
         attacked, details = attack_texts(bundle, records[:k], targets, budget, search=search,
                                          attacker=base if attack == "transfer" else bundle)
-    if not hasattr(bundle, "score"):  # a query already unsafe on top keeps its clean form (UnlearnDiffAtk's rule)
-        raw = _flags(emb, kind, {"before": emb[modality][:k], "attacked": attacked})
-        kept = torch.tensor(raw["top1_unsafe_before"])
-        attacked = torch.where(kept[:, None], emb[modality][:k], attacked)
-        details["per_query"] = {"ids": [r.id for r in records[:k]], **raw,
-                                **_flags(emb, kind, {"after": attacked})}
-        details["asr_attacked_only"] = retrieval_asr(raw["top1_unsafe_attacked"])
+    # a query already unsafe on top keeps its clean form (UnlearnDiffAtk's rule)
+    raw = _flags(emb, kind, {"before": emb[modality][:k], "attacked": attacked}, geometry)
+    kept = torch.tensor(raw["top1_unsafe_before"])
+    attacked = torch.where(kept[:, None], emb[modality][:k], attacked)
+    details["per_query"] = {"ids": [r.id for r in records[:k]], **raw,
+                            **_flags(emb, kind, {"after": attacked}, geometry)}
+    details["asr_attacked_only"] = retrieval_asr(raw["top1_unsafe_attacked"])
     if k == len(records):
         clean_scores = _scores(bundle, emb)[direction]
         attacked_scores = _scores(bundle, {**emb, modality: attacked})[direction]
-    if k < len(records):
+    else:
         clean_scores = {"NSFW@1": retrieval_asr(details["per_query"]["top1_unsafe_before"])}
         attacked_scores = {"NSFW@1": retrieval_asr(details["per_query"]["top1_unsafe_after"])}
     return {"definition": RETRIEVAL_DEFINITION, "attack": attack, "model": model, "direction": direction,
             "budget": asdict(budget), "budget_text": budget.describe(attack), "target": budget.target,
+            "geometry": geometry.description,
             "queries": k, "gallery": 2 * len(records), "before": clean_scores, "after": attacked_scores,
             "asr_before": clean_scores["NSFW@1"], "asr": attacked_scores["NSFW@1"], **details,
             "seconds": round(time.perf_counter() - began, 2)}
@@ -241,7 +253,8 @@ def attack_markdown(report: dict) -> str:
     lines = [f"# Attack `{report['attack']}` on {report['model']}", "",
              f"**Definition of success.** {report['definition']}", "",
              f"Budget: {report['budget_text']}; target: {report['target']}; {report['queries']} attacked unsafe queries, "
-             f"gallery of {report['gallery']} items, protocol direction `{report['direction']}`.", "",
+             f"gallery of {report['gallery']} items, protocol direction `{report['direction']}`; geometry: "
+             f"{report.get('geometry', 'cosine')}.", "",
              f"**ASR {report['asr']:.1f}%** (before the attack: {report['asr_before']:.1f}%"
              + (f"; the attacked forms alone: {report['asr_attacked_only']:.1f}%" if "asr_attacked_only" in report else "")
              + ").", "",
@@ -253,8 +266,9 @@ def attack_markdown(report: dict) -> str:
     objective = report.get("objective")
     if objective:
         on = " (on the base model, where the search ran)" if objective.get("model") == "base" else ""
-        lines += [f"Mean cosine to the target{on}: {objective['cosine_before']:.3f} before, "
-                  f"{objective['cosine_after']:.3f} after.", ""]
+        key, what = ("cosine", "cosine") if "cosine_before" in objective else ("distance", "Lorentz distance")
+        lines += [f"Mean {what} to the target{on}: {objective[f'{key}_before']:.3f} before, "
+                  f"{objective[f'{key}_after']:.3f} after.", ""]
     for example in report.get("examples", []):
         lines.append(f"- `{example['query']}` -> `{example['attacked']}`")
     lines += ["", f"Time: {report['seconds']:.1f} s.", ""]
@@ -298,21 +312,18 @@ class RobustnessSettings(AttackBudget):
         who = f"the first {self.queries}" if self.queries else "all"
         return (f"{RETRIEVAL_DEFINITION} text ASR: GCG, {self.describe('gcg')}, {self.candidates} swaps per step "
                 f"(T*->V+V*); image ASR: PGD, {self.describe('pgd')} (V*->T+T*); {who} unsafe queries of the test "
-                "split, attacked in the model's own embedding space (white box); NSFW@1 columns: the same queries "
-                "before the attack")
+                "split, attacked and scored in the model's own geometry (white box; cosine, HySAC rows by hyperbolic "
+                "distance, hysac+traversal through its traversal); NSFW@1 columns: the same queries before the attack")
 
 
 def robustness_metrics(bundle: ClipBundle, records: list[Quadruplet], settings: RobustnessSettings, *,
                        base: ClipBundle | None = None) -> dict:
     """compare's ``"attack"`` group: NSFW@1 before and ASR after a GCG text attack and a PGD image attack
-    (``base``: the base model, needed with ``target=base``).
-
-    A model that scores retrieval in its own geometry (HySAC) has every query attacked, so that its own protocol
-    scores them.
+    (``base``: the base model, needed with ``target=base``), each on the first ``settings.queries`` unsafe queries
+    and in the model's own geometry (HySAC included, :mod:`safeclip.attacks.geometry`).
     """
-    queries = 0 if hasattr(bundle, "score") else settings.queries
     budget = settings.budget()
-    text = attack_retrieval(bundle, records, "gcg", budget, base=base, queries=queries)
-    image = attack_retrieval(bundle, records, "pgd", budget, base=base, queries=queries)
+    text = attack_retrieval(bundle, records, "gcg", budget, base=base, queries=settings.queries)
+    image = attack_retrieval(bundle, records, "pgd", budget, base=base, queries=settings.queries)
     return {"text NSFW@1": text["asr_before"], "text ASR": text["asr"],
             "image NSFW@1": image["asr_before"], "image ASR": image["asr"]}

@@ -8,8 +8,9 @@
 
 Both attacks move a prompt's embedding towards a target embedding (an unsafe image's, or the base encoder's
 embedding of the unsafe caption) by choosing ``tokens`` adversarial tokens appended after the prompt (before
-the end token); the prompt itself is kept. Loss per prompt: ``1 - cos(text(prompt + adv), target)`` (as in
-MMA-Diffusion's ``textual_attack.py``).
+the end token); the prompt itself is kept. Loss per prompt (``loss=``, lower is better): by default
+``1 - cos(text(prompt + adv), target)`` (as in MMA-Diffusion's ``textual_attack.py``); a model with its own geometry
+passes its own (HySAC: the geodesic distance, :mod:`safeclip.attacks.geometry`).
 
 - GCG (Zou et al. 2023, "Universal and Transferable Adversarial Attacks on Aligned Language Models"): the
   gradient of the loss w.r.t. the one-hot token matrix ranks, per adversarial position, the ``top_k`` tokens
@@ -28,7 +29,7 @@ adversarial positions' token embeddings are replaced through a forward hook on i
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -78,7 +79,7 @@ class TokenSlots:
 class TokenAttackResult:
     tokens: torch.Tensor  # (Q, n) the adversarial token ids
     input_ids: torch.Tensor  # (Q, L) the attacked prompts' ids
-    loss: torch.Tensor  # (Q,) final 1 - cos to the target
+    loss: torch.Tensor  # (Q,) final loss to the target (default 1 - cos; lower is better)
     embeddings: torch.Tensor  # (Q, D) the attacked prompts' embeddings (float32, CPU)
     texts: list[str]  # the attacked prompts, decoded
     history: list[float]  # mean loss after each step
@@ -139,8 +140,11 @@ def token_embeddings_at(text_model: torch.nn.Module, slots: torch.Tensor, embeds
 
 
 def cosine_loss(embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` 1 - cos between ``embeddings (B, D)`` and ``targets (B, D)``: what the token attacks minimise."""
+    """``(B,)`` 1 - cos between ``embeddings (B, D)`` and ``targets (B, D)``: what the token attacks minimise by default."""
     return 1 - F.cosine_similarity(embeddings.float(), targets.float().to(embeddings.device), dim=-1)
+
+
+PairLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (B, D) embeddings, (B, D) targets -> (B,), lower = closer
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -158,7 +162,7 @@ def encode_ids(text_model: torch.nn.Module, input_ids: torch.Tensor, attention_m
 
 
 def token_gradients(text_model: torch.nn.Module, prompts: TokenSlots, tokens: torch.Tensor,
-                    targets: torch.Tensor) -> torch.Tensor:
+                    targets: torch.Tensor, *, loss: PairLoss = cosine_loss) -> torch.Tensor:
     """``(Q, n, V)`` gradient of the summed loss w.r.t. the one-hot matrix of the adversarial tokens (GCG step 1)."""
     table = text_model.get_input_embeddings().weight  # (V, H)
     one_hot = F.one_hot(tokens.to(table.device), table.shape[0]).to(table.dtype).requires_grad_(True)  # (Q, n, V)
@@ -166,7 +170,7 @@ def token_gradients(text_model: torch.nn.Module, prompts: TokenSlots, tokens: to
     with token_embeddings_at(text_model, prompts.slots.to(device), one_hot @ table):
         emb = text_model(input_ids=prompts.with_tokens(tokens).to(device),
                          attention_mask=prompts.attention_mask.to(device)).text_embeds
-    cosine_loss(emb, targets).sum().backward()
+    loss(emb, targets).sum().backward()
     return one_hot.grad.detach()
 
 
@@ -187,24 +191,24 @@ def candidate_swaps(grad: torch.Tensor, allowed: torch.Tensor, top_k: int, count
 
 
 def evaluate_swaps(text_model: torch.nn.Module, prompts: TokenSlots, tokens: torch.Tensor, swaps: torch.Tensor,
-                   targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                   targets: torch.Tensor, *, loss: PairLoss = cosine_loss) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact loss of every swap (GCG step 3): ``(Q, C, n)`` candidate tokens and their ``(Q, C)`` losses."""
     q, c, _ = swaps.shape
     candidates = tokens[:, None, :].repeat(1, c, 1)  # (Q, C, n)
     candidates.scatter_(2, swaps[..., :1], swaps[..., 1:])
     flat = prompts.repeat(c)
     ids = flat.with_tokens(candidates.reshape(q * c, -1))
-    losses = cosine_loss(encode_ids(text_model, ids, flat.attention_mask), targets.repeat_interleave(c, dim=0))
+    losses = loss(encode_ids(text_model, ids, flat.attention_mask), targets.repeat_interleave(c, dim=0))
     return candidates, losses.reshape(q, c).cpu()
 
 
 def gcg_step(text_model: torch.nn.Module, prompts: TokenSlots, tokens: torch.Tensor, targets: torch.Tensor,
              budget: TokenBudget, allowed: torch.Tensor, generator: torch.Generator,
-             current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+             current: torch.Tensor, *, loss: PairLoss = cosine_loss) -> tuple[torch.Tensor, torch.Tensor]:
     """One GCG step for every prompt: the better of the current tokens and the best evaluated swap, with its loss."""
-    grad = token_gradients(text_model, prompts, tokens, targets)
+    grad = token_gradients(text_model, prompts, tokens, targets, loss=loss)
     swaps = candidate_swaps(grad, allowed, budget.top_k, budget.candidates, generator)
-    candidates, losses = evaluate_swaps(text_model, prompts, tokens, swaps, targets)
+    candidates, losses = evaluate_swaps(text_model, prompts, tokens, swaps, targets, loss=loss)
     best_loss, best = losses.min(dim=1)  # (Q,)
     better = best_loss < current
     chosen = candidates[torch.arange(tokens.shape[0]), best]  # (Q, n)
@@ -212,30 +216,31 @@ def gcg_step(text_model: torch.nn.Module, prompts: TokenSlots, tokens: torch.Ten
 
 
 def _finish(text_model, tokenizer, prompts: TokenSlots, tokens: torch.Tensor, targets: torch.Tensor,
-            history: list[float]) -> TokenAttackResult:
+            history: list[float], loss: PairLoss) -> TokenAttackResult:
     ids = prompts.with_tokens(tokens)
     emb = encode_ids(text_model, ids, prompts.attention_mask)
     texts = [tokenizer.decode(row[mask.bool()], skip_special_tokens=True) for row, mask in zip(ids, prompts.attention_mask)]
-    return TokenAttackResult(tokens.cpu(), ids, cosine_loss(emb, targets).cpu(), emb.cpu(), texts, history)
+    return TokenAttackResult(tokens.cpu(), ids, loss(emb, targets).cpu(), emb.cpu(), texts, history)
 
 
 def gcg(text_model: torch.nn.Module, tokenizer, prompts: TokenSlots, targets: torch.Tensor, budget: TokenBudget, *,
-        banned: Sequence[str] = ()) -> TokenAttackResult:
+        banned: Sequence[str] = (), loss: PairLoss = cosine_loss) -> TokenAttackResult:
     """Greedy coordinate gradient over the adversarial tokens of every prompt at once (see the module docstring).
 
-    ``targets (Q, D)``: the embedding each prompt is pushed towards. Gradients flow into the input only (the
-    encoder's weights are left untouched and unchanged).
+    ``targets (Q, D)``: the embedding each prompt is pushed towards; ``loss``: what is minimised (lower is better).
+    Gradients flow into the input only (the encoder's weights are left untouched and unchanged).
     """
     allowed = allowed_tokens(tokenizer, banned)
     generator = torch.Generator().manual_seed(budget.seed)
     tokens = prompts.input_ids.gather(1, prompts.slots)
-    current = cosine_loss(encode_ids(text_model, prompts.with_tokens(tokens), prompts.attention_mask), targets).cpu()
+    current = loss(encode_ids(text_model, prompts.with_tokens(tokens), prompts.attention_mask), targets).cpu()
     history = []
     with frozen(text_model):
         for _ in range(budget.steps):
-            tokens, current = gcg_step(text_model, prompts, tokens, targets, budget, allowed, generator, current)
+            tokens, current = gcg_step(text_model, prompts, tokens, targets, budget, allowed, generator, current,
+                                       loss=loss)
             history.append(float(current.mean()))
-    return _finish(text_model, tokenizer, prompts, tokens, targets, history)
+    return _finish(text_model, tokenizer, prompts, tokens, targets, history, loss)
 
 
 @contextlib.contextmanager
@@ -258,7 +263,7 @@ def project(soft: torch.Tensor, table: torch.Tensor, allowed: torch.Tensor) -> t
 
 
 def pez(text_model: torch.nn.Module, tokenizer, prompts: TokenSlots, targets: torch.Tensor, budget: TokenBudget, *,
-        banned: Sequence[str] = ()) -> TokenAttackResult:
+        banned: Sequence[str] = (), loss: PairLoss = cosine_loss) -> TokenAttackResult:
     """PEZ projected soft prompts (see the module docstring); keeps, per prompt, the best projected tokens seen."""
     allowed = allowed_tokens(tokenizer, banned)
     table = text_model.get_input_embeddings().weight.detach()  # (V, H)
@@ -278,14 +283,14 @@ def pez(text_model: torch.nn.Module, tokenizer, prompts: TokenSlots, targets: to
             with token_embeddings_at(text_model, prompts.slots.to(device), straight):
                 emb = text_model(input_ids=prompts.with_tokens(tokens).to(device),
                                  attention_mask=prompts.attention_mask.to(device)).text_embeds
-            loss = cosine_loss(emb, targets)
-            improved = loss.detach().cpu() < best_loss
-            best_tokens[improved], best_loss[improved] = tokens[improved], loss.detach().cpu()[improved]
+            value = loss(emb, targets)  # (Q,)
+            improved = value.detach().cpu() < best_loss
+            best_tokens[improved], best_loss[improved] = tokens[improved], value.detach().cpu()[improved]
             optimizer.zero_grad()
-            loss.sum().backward()
+            value.sum().backward()
             optimizer.step()
             history.append(float(best_loss.mean()))
-    return _finish(text_model, tokenizer, prompts, best_tokens, targets, history)
+    return _finish(text_model, tokenizer, prompts, best_tokens, targets, history, loss)
 
 
 TOKEN_ATTACKS = {"gcg": gcg, "pez": pez}

@@ -162,14 +162,15 @@ def recall_at_k(
 
 
 @torch.no_grad()
-def top1(queries: torch.Tensor, gallery: torch.Tensor, chunk_size: int = 1024) -> torch.Tensor:
+def top1(queries: torch.Tensor, gallery: torch.Tensor, chunk_size: int = 1024, *,
+         similarity: Similarity | None = None) -> torch.Tensor:
     """Index of each query's most similar gallery item: ``LongTensor (Q,)`` on the queries' device.
 
-    ``queries (Q, D)``, ``gallery (G, D)``: unnormalised embeddings, cosine similarity, float32.
-    Ties go to the lowest gallery index.
+    ``queries (Q, D)``, ``gallery (G, D)``: unnormalised embeddings, cosine similarity (or ``similarity``, see
+    :data:`Similarity`), float32. Ties go to the lowest gallery index.
     """
-    q, g = _prepare(queries, gallery)
-    return torch.cat([sims.argmax(dim=1) for _, sims in _chunks(q, g, chunk_size)])
+    q, g = _prepare(queries, gallery, similarity)
+    return torch.cat([sims.argmax(dim=1) for _, sims in _chunks(q, g, chunk_size, similarity)])
 
 
 # ----------------------------------------------------------------------------- the protocol

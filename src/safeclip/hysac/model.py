@@ -118,6 +118,10 @@ class HyperbolicEncoder(nn.Module):
         self.encoder, self.head, self.modality = encoder, head, modality
         self.config = encoder.config
 
+    def get_input_embeddings(self) -> nn.Module:
+        """The wrapped encoder's token embedding table (the token attacks replace rows of its output)."""
+        return self.encoder.get_input_embeddings()
+
     def forward(self, **inputs):
         out = self.encoder(**inputs)
         key = "text_embeds" if self.modality == "text" else "image_embeds"
