@@ -274,8 +274,7 @@ def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ..
         results.update(evaluate_model(bundle, records, sources, label=label, val_records=val_records,
                                       radii_plot=out / "hysac_radii.png" if label == "hysac" else None))
         stage(f"eval {label}")
-        # the attacks rank by cosine; a model with its own geometry (HySAC: hyperbolic distance) is not attacked
-        if size.attacks.enabled and not hasattr(bundle, "score"):
+        if size.attacks.enabled:  # in the model's own geometry (HySAC: hyperbolic distance, traversal included)
             print(f"[compare] attacking {label}", flush=True)
             results.models[label][ATTACK_GROUP] = robustness_metrics(bundle, records, size.attacks, base=attack_base)
             stage(f"attack {label}")

@@ -143,7 +143,11 @@ def test_hysac_rows_with_and_without_traversal(tmp_path):
         assert {d: set(metrics[d]) for d in DIRECTIONS} == DIRECTIONS
         assert {"allowed", "nsfw_cls", "safeground", "safer_t2v", "zero_shot"} <= set(metrics)
     assert plain["zero_shot"] == moved["zero_shot"]  # one model
-    assert "attack" in result["methods"]["base"] and "attack" not in plain  # the attacks rank by cosine only
+    for metrics in (plain, moved):  # attacked in HySAC's own geometry, scored as its own protocol scores the row
+        assert set(metrics["attack"]) == {"text NSFW@1", "text ASR", "image NSFW@1", "image ASR"}
+        assert metrics["attack"]["text NSFW@1"] == metrics["T*->V+V*"]["NSFW@1"]
+        assert metrics["attack"]["image NSFW@1"] == metrics["V*->T+T*"]["NSFW@1"]
+        assert metrics["attack"]["text ASR"] >= metrics["attack"]["text NSFW@1"]
     assert "hysac" in result["protocols"]
     bounds = json.loads((tmp_path / "methods/hysac/run/best/hysac.json").read_text())["bounds"]
     assert set(bounds) == {"S", "U", "V", "G"}
