@@ -8,6 +8,9 @@ Each training step (Madry et al. 2018's min-max; AdvUnlearn, Zhang et al. NeurIP
   within ``text_eps`` x the token-embedding table's RMS entry (L-inf per entry, or L2 per prompt), found by
   ``text_steps`` ascent steps on cos(T(t* + delta), T0(t*)): the fine-tuned text encoder is pushed back toward
   the frozen encoder's unsafe embedding, the concept Safe-CLIP removes.
+  With ``text_suffix`` N > 0 the caption is kept and N token slots are appended before its end token (random
+  vocabulary tokens, redrawn every step); only their embeddings are perturbed, within the same budget around
+  the drawn tokens: the threat model of the suffix attacks ``safeclip attack`` runs (GCG, PEZ).
 * **image**: PGD (:func:`safeclip.attacks.image.pgd`) within ``image_eps``/255 on the unsafe image, ascending
   cos(V(v*'), V0(v*)).
 
@@ -74,12 +77,14 @@ def text_attack_objective(text_model, input_ids, attention_mask, delta, target) 
 
 
 def perturb_token_embeddings(text_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, target: torch.Tensor,
-                             settings: AdversarialSettings) -> torch.Tensor:
-    """``(B, L, H)`` perturbation of the attended token embeddings within the budget that raises
-    :func:`text_attack_objective` (``text_steps`` steps of size 2.5 eps / steps, each projected; PGD's rule)."""
+                             settings: AdversarialSettings, *, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, L, H)`` perturbation of the attended token embeddings (or of ``positions (B, L)`` only) within the
+    budget that raises :func:`text_attack_objective` (``text_steps`` steps of size 2.5 eps / steps, each
+    projected; PGD's rule)."""
     hidden = text_model.get_input_embeddings().weight.shape[1]
     eps = settings.text_eps * embedding_scale(text_model)
-    mask = attention_mask[:, :, None].to(torch.float32).expand(-1, -1, hidden)
+    where = attention_mask if positions is None else positions
+    mask = where[:, :, None].to(torch.float32).expand(-1, -1, hidden)
     delta = torch.zeros(mask.shape, device=input_ids.device)
     step = 2.5 * eps / max(settings.text_steps, 1)
     for _ in range(settings.text_steps):
@@ -91,12 +96,50 @@ def perturb_token_embeddings(text_model, input_ids: torch.Tensor, attention_mask
     return delta.detach()
 
 
+def special_token_ids(text_model: torch.nn.Module) -> set[int]:
+    """The text config's begin, end and padding token ids (never drawn as suffix tokens)."""
+    config = text_model.config
+    return {i for i in (config.bos_token_id, config.eos_token_id, config.pad_token_id) if i is not None}
+
+
+def with_suffix_slots(text_model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(ids, mask, slots)``: each row's caption, then ``n`` random vocabulary tokens, then its end token
+    (``[bos] caption s_1 .. s_n [eos] pad..``, as :func:`safeclip.attacks.text.adversarial_slots` lays out an
+    attacked prompt); a caption too long for the encoder's positions loses its last tokens to make room.
+    ``slots (B, L')`` is 1 on the suffix positions."""
+    limit = text_model.config.max_position_embeddings
+    lengths = attention_mask.sum(dim=1).tolist()
+    width = min(max(lengths) + n, limit)
+    if n + 2 > limit:
+        raise ValueError(f"loss.adversarial.text_suffix={n} does not fit in the text encoder's {limit} positions")
+    specials = special_token_ids(text_model)
+    allowed = torch.tensor([i for i in range(text_model.get_input_embeddings().num_embeddings) if i not in specials])
+    pad = text_model.config.pad_token_id if text_model.config.pad_token_id is not None else input_ids[0, -1].item()
+    ids = torch.full((len(lengths), width), pad, dtype=input_ids.dtype, device=input_ids.device)
+    mask = torch.zeros_like(ids, dtype=attention_mask.dtype)
+    slots = torch.zeros_like(ids, dtype=torch.float32)
+    for row, length in enumerate(lengths):
+        body = min(length - 1, limit - 1 - n)  # bos + caption tokens kept
+        suffix = allowed[torch.randint(len(allowed), (n,))].to(ids.device)
+        ids[row, :body] = input_ids[row, :body]
+        ids[row, body : body + n] = suffix
+        ids[row, body + n] = input_ids[row, length - 1]  # the end token
+        mask[row, : body + n + 1] = 1
+        slots[row, body : body + n] = 1
+    return ids, mask, slots
+
+
 def attacked_unsafe_text(text_model, text_base, batch: dict, settings: AdversarialSettings) -> torch.Tensor:
-    """T(t* + delta) ``(B, D)`` with gradient to the trained encoder, delta from :func:`perturb_token_embeddings`."""
+    """T(t* + delta) ``(B, D)`` with gradient to the trained encoder, delta from :func:`perturb_token_embeddings`
+    (on the caption's tokens, or on ``text_suffix`` appended slots)."""
     ids, mask = batch["unsafe_input_ids"], batch["unsafe_attention_mask"]
     with torch.no_grad(), adapters_disabled(text_base):
         target = encode_token_batch(text_base, ids, mask)  # T0(t*)
-    delta = perturb_token_embeddings(text_model, ids, mask, target, settings)
+    slots = None
+    if settings.text_suffix:
+        ids, mask, slots = with_suffix_slots(text_model, ids, mask, settings.text_suffix)
+    delta = perturb_token_embeddings(text_model, ids, mask, target, settings, positions=slots)
     with token_embeddings_shifted(text_model, delta):
         return encode_token_batch(text_model, ids, mask)
 

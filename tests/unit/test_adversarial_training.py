@@ -11,6 +11,7 @@ from safeclip.adversarial_training import (
     embedding_scale,
     perturb_token_embeddings,
     text_attack_objective,
+    with_suffix_slots,
 )
 from safeclip.config import ConfigError, load_config
 from safeclip.data import QuadrupletCollator, QuadrupletDataset, read_quadruplets
@@ -126,3 +127,39 @@ def test_bad_adversarial_settings_are_named(tmp_path, tiny_clip_dir, data):
         tiny_config(tmp_path, tiny_clip_dir, data, "loss.adversarial.text_norm=l1").validate()
     with pytest.raises(ConfigError, match="safe-clip only"):
         tiny_config(tmp_path, tiny_clip_dir, data, "method=hysac", "loss.adversarial.enabled=true").validate()
+
+
+def test_suffix_attack_keeps_the_caption_and_perturbs_only_its_slots(tmp_path, tiny_clip_dir, data):
+    cfg, _, text, _, batch = encoders_and_batch(tmp_path, tiny_clip_dir, data, "loss.adversarial.text_suffix=3",
+                                                "loss.adversarial.text_steps=5", "loss.adversarial.text_eps=2")
+    ids, mask = batch["unsafe_input_ids"], batch["unsafe_attention_mask"]
+    torch.manual_seed(0)
+    long_ids, long_mask, slots = with_suffix_slots(text, ids, mask, 3)
+    config = text.config
+    for row in range(len(ids)):
+        n = int(mask[row].sum())
+        assert long_ids[row, : n - 1].tolist() == ids[row, : n - 1].tolist()  # bos + caption kept
+        assert long_ids[row, n + 2].item() == ids[row, n - 1].item() == config.eos_token_id  # end token after the slots
+        assert slots[row].nonzero().flatten().tolist() == [n - 1, n, n + 1]
+        assert not set(long_ids[row, n - 1 : n + 2].tolist()) & {config.bos_token_id, config.eos_token_id}
+        assert int(long_mask[row].sum()) == n + 3
+    with torch.no_grad(), adapters_disabled(text):
+        target = encode_token_batch(text, ids, mask)
+    delta = perturb_token_embeddings(text, long_ids, long_mask, target, cfg.loss.adversarial, positions=slots)
+    assert delta.abs().amax() <= 2 * embedding_scale(text) + 1e-6
+    assert torch.equal(delta[slots == 0], torch.zeros_like(delta[slots == 0]))  # the caption's tokens untouched
+    with torch.no_grad():
+        before = text_attack_objective(text, long_ids, long_mask, torch.zeros_like(delta), target)
+        after = text_attack_objective(text, long_ids, long_mask, delta, target)
+    assert after.mean() > before.mean() + 1e-3
+
+
+def test_suffix_slots_take_the_place_of_the_last_caption_tokens_when_positions_run_out(tiny_clip_dir):
+    text = load_clip(tiny_clip_dir).text
+    limit = text.config.max_position_embeddings
+    ids = torch.full((1, limit), 5)
+    ids[0, 0], ids[0, -1] = text.config.bos_token_id, text.config.eos_token_id
+    long_ids, long_mask, slots = with_suffix_slots(text, ids, torch.ones_like(ids), 4)
+    assert long_ids.shape == (1, limit) and int(long_mask.sum()) == limit
+    assert long_ids[0, -1].item() == text.config.eos_token_id and slots[0, -5:-1].tolist() == [1, 1, 1, 1]
+    assert long_ids[0, : limit - 5].tolist() == ids[0, : limit - 5].tolist()
