@@ -91,7 +91,17 @@ def measure_seed(folder: Path, size_name: str, queries: int, revival: RevivalSet
     return out
 
 
-def write_tables(out: Path, summary: dict, seeds: list[int], args: argparse.Namespace) -> str:
+PER_SEED = ["gcg 4 tok", "gcg 8 tok", "pgd 4/255", "pgd 8/255"]  # the per-seed table's attack columns
+
+
+def per_seed_table(per_seed: dict) -> str:
+    """Each seed's clean safe R@1 and the :data:`PER_SEED` attack success of every model, one row per model and seed."""
+    rows = {f"{m} (seed {s})": [r["clean"]["T->V R@1"], *[r["attack"][c] for c in PER_SEED]]
+            for m in next(iter(per_seed.values())) for s, models in per_seed.items() for r in [models.get(m)] if r}
+    return markdown_table("model (seed)", ["T->V R@1 (no attack)", *PER_SEED], rows)
+
+
+def write_tables(out: Path, summary: dict, seeds: list[int], args: argparse.Namespace, per_seed: dict) -> str:
     columns = [c for c, _, _ in GRID]
     attack_rows = {m: [v["clean"]["T->V R@1"], v["before"]["T*"], v["before"]["V*"], *[v["attack"][c] for c in columns]]
                    for m, v in summary.items()}
@@ -100,7 +110,7 @@ def write_tables(out: Path, summary: dict, seeds: list[int], args: argparse.Name
              f"--revival-steps {args.revival_steps}"
              + "".join(f" --extra {e}" for e in args.extra) + "`", "", RETRIEVAL_DEFINITION, "",
              markdown_table("model", ["T->V R@1 (no attack)", "T* NSFW@1 (no attack)", "V* NSFW@1 (no attack)", *columns],
-                            attack_rows), ""]
+                            attack_rows), "", "Per seed:", "", per_seed_table(per_seed), ""]
     revived = {m: v["revival"] for m, v in summary.items() if "revival" in v}
     if revived:
         keys = [k for k in next(iter(revived.values())) if k != "seconds"]
@@ -136,7 +146,7 @@ def main() -> None:
     summary = summarize_seeds(per_seed)
     write_json_atomic(folder / "robustness.json", {"definition": RETRIEVAL_DEFINITION, "grid": GRID, "seeds": seeds,
                                                    "per_seed": per_seed, "summary": summary})
-    text = write_tables(folder, summary, seeds, args)
+    text = write_tables(folder, summary, seeds, args, per_seed)
     write_text_atomic(folder / "robustness.md", text)
     print(text)
 
