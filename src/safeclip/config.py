@@ -111,10 +111,10 @@ class AdversarialSettings(Settings):
     enabled: bool = _f(False, "Adversarial training (safeclip.adversarial_training): each step an inner attack makes harder unsafe "
                        "texts (token-embedding perturbation) and images (PGD), and the redirection terms (Eq. 4, 5) apply to them too.")
     weight: float = _f(1.0, "Factor on the redirection terms computed on the attacked unsafe inputs (added to the total).", ge=0.0)
-    text_eps: float = _f(0.5, "Radius of the unsafe text's token-embedding perturbation, as a multiple of the token-embedding table's RMS entry.", ge=0.0)
+    text_eps: float = _f(1.0, "Radius of the unsafe text's token-embedding perturbation, as a multiple of the token-embedding table's RMS entry.", ge=0.0)
     text_norm: str = _f("linf", "Norm of the token-embedding budget: 'linf' (per entry) or 'l2' (per prompt, over all its tokens).", choices=("linf", "l2"))
     text_steps: int = _f(3, "Signed-gradient (linf) or normalised-gradient (l2) steps of the text attack (0: no text attack).", ge=0)
-    text_suffix: int = _f(0, "0: perturb the unsafe caption's own token embeddings; N > 0: append N token slots before each unsafe "
+    text_suffix: int = _f(4, "0: perturb the unsafe caption's own token embeddings; N > 0: append N token slots before each unsafe "
                           "caption's end token (random vocabulary tokens, redrawn every step) and perturb only their embeddings "
                           "(the threat of the GCG / PEZ suffix attacks; the caption is kept).", ge=0)
     image_eps: float = _f(4.0, "L-infinity radius of the PGD attack on unsafe images, in grey levels (/255).", ge=0.0, le=255.0)
