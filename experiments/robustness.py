@@ -28,7 +28,7 @@ from safeclip.attacks.revival import RevivalSettings, revival_metrics
 from safeclip.checkpoint import write_json_atomic, write_text_atomic
 from safeclip.compare import SIZES, compared_models
 from safeclip.data import read_quadruplets
-from safeclip.eval.evaluation import embed_records, score
+from safeclip.eval.evaluation import evaluate
 from safeclip.eval.report import markdown_table, summarize_seeds
 from safeclip.models.resolve import resolve_model
 
@@ -48,9 +48,8 @@ def seed_models(folder: Path, size_name: str, extras: list[tuple[str, str]], see
 
 
 def clean_recall(bundle, test) -> dict:
-    """Safe R@1 (T->V, V->T) of the Safe-CLIP protocol, in the model's own geometry."""
-    emb = embed_records(bundle, test, protocols=("safe-clip",))
-    scores = bundle.score(emb, ("safe-clip",)) if hasattr(bundle, "score") else score(emb, ("safe-clip",))
+    """Safe R@1 (T->V, V->T) of the Safe-CLIP protocol, in the model's own geometry (the evaluation path's own)."""
+    scores = evaluate({"model": bundle}, test).models["model"]
     return {"T->V R@1": scores["T->V"]["R@1"], "V->T R@1": scores["V->T"]["R@1"]}
 
 
@@ -82,8 +81,9 @@ def measure_seed(folder: Path, size_name: str, queries: int, revival: RevivalSet
     for label, bundle in seed_models(folder, size_name, extras, saved["seed"]):
         base = base or bundle
         cached = folder / "robustness" / f"{label}.json"
-        if cached.is_file() and json.loads(cached.read_text())["key"] == key:
-            out[label] = json.loads(cached.read_text())["row"]
+        saved_row = json.loads(cached.read_text()) if cached.is_file() else {}
+        if saved_row.get("key") == key:
+            out[label] = saved_row["row"]
             continue
         out[label] = measure_model(label, bundle, base, test, train, queries, revival)
         write_json_atomic(cached, {"key": key, "row": out[label]})

@@ -113,8 +113,9 @@ def with_suffix_slots(text_model: torch.nn.Module, input_ids: torch.Tensor, atte
     width = min(max(lengths) + n, limit)
     if n + 2 > limit:
         raise ValueError(f"loss.adversarial.text_suffix={n} does not fit in the text encoder's {limit} positions")
-    specials = special_token_ids(text_model)
-    allowed = torch.tensor([i for i in range(text_model.get_input_embeddings().num_embeddings) if i not in specials])
+    usable = torch.ones(text_model.get_input_embeddings().num_embeddings, dtype=torch.bool)
+    usable[list(special_token_ids(text_model))] = False
+    allowed = usable.nonzero().flatten()
     pad = text_model.config.pad_token_id if text_model.config.pad_token_id is not None else input_ids[0, -1].item()
     ids = torch.full((len(lengths), width), pad, dtype=input_ids.dtype, device=input_ids.device)
     mask = torch.zeros_like(ids, dtype=attention_mask.dtype)

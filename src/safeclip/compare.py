@@ -261,7 +261,7 @@ def run_compare(out: str | os.PathLike, *, seed: int = 0, methods: tuple[str, ..
         records = records[: size.eval_rows]
     models: dict[str, ClipBundle] = {"base": load_clip(sources.base)}
     results = EvalResults(EVAL_PROTOCOLS)
-    attack_base = load_clip(sources.base) if size.attacks.enabled and size.attacks.target == "base" else None
+    attack_base = models["base"] if size.attacks.enabled and size.attacks.target == "base" else None
     for label in ("base", *methods):
         if label != "base":
             print(f"[compare] method {label} -> {out / 'methods' / label}", flush=True)
